@@ -1,0 +1,225 @@
+//! Per-example capture for Linear layers: one batch backward yields every example's gradient
+//! factors.
+//!
+//! A zero "probe" leaf `P` is added to the layer output, `z = x W + b + P`. Since `∂L/∂P = ∂L/∂z`,
+//! after one backward of the batch loss the probe's gradient is the output gradient `Δ`, row by
+//! row, and the per-example weight gradient is `xᵢᵀ Δᵢ` (Goodfellow, "Efficient Per-Example
+//! Gradient Computations", 2015; the same identity underlies KFAC and BackPACK). Nothing
+//! `N × P`-sized is formed.
+
+use burn::module::{Param, ParamId};
+use burn::nn::Linear;
+use burn::tensor::Gradients;
+use burn::tensor::Tensor;
+
+use crate::error::NatGradError;
+use crate::factors::BlockFactors;
+
+/// One use of a Linear layer recorded by [`Capture::linear`].
+#[derive(Clone, Debug)]
+struct Record {
+    weight: ParamId,
+    bias: Option<ParamId>,
+    /// Layer input, without autodiff, `[N, T, in]`.
+    input: Tensor<3>,
+    /// The probe leaf, `[N, T, out]`.
+    probe: Tensor<3>,
+}
+
+/// The factors of one captured Linear layer after the backward pass.
+#[derive(Clone, Debug)]
+pub struct LinearFactors {
+    /// The layer's weight parameter.
+    pub weight: ParamId,
+    /// The layer's bias parameter, if it has one.
+    pub bias: Option<ParamId>,
+    /// Layer inputs `[N, T, in]` (`T = 1` for 2-D inputs; uses of a shared layer are
+    /// concatenated along `T`).
+    pub input: Tensor<3>,
+    /// Gradient of the loss at the layer output, `[N, T, out]`, as the backward pass produced it
+    /// (for a mean loss it carries the `1/N`).
+    pub output_grad: Tensor<3>,
+}
+
+impl LinearFactors {
+    /// The per-example gradients of the weight, `[N, in, out]`, each multiplied by `scale`
+    /// (pass `N` to undo the `1/N` of a mean loss). Materializes `N × in × out`: for tests.
+    pub fn per_example_weight_grads(&self, scale: f64) -> Tensor<3> {
+        self.input
+            .clone()
+            .swap_dims(1, 2)
+            .matmul(self.output_grad.clone())
+            .mul_scalar(scale)
+    }
+
+    /// The per-example gradients of the bias, `[N, out]`, each multiplied by `scale`.
+    pub fn per_example_bias_grads(&self, scale: f64) -> Tensor<2> {
+        let [n, _, out] = self.output_grad.dims();
+        self.output_grad
+            .clone()
+            .sum_dim(1)
+            .reshape([n, out])
+            .mul_scalar(scale)
+    }
+
+    /// The weight's and (if any) the bias's factor blocks.
+    pub(crate) fn blocks(&self) -> Vec<(ParamId, BlockFactors)> {
+        let mut blocks = vec![(
+            self.weight,
+            BlockFactors::Weight {
+                input: self.input.clone(),
+                output_grad: self.output_grad.clone(),
+            },
+        )];
+        if let Some(bias) = self.bias {
+            blocks.push((
+                bias,
+                BlockFactors::Bias {
+                    output_grad: self.per_example_bias_grads(1.0),
+                },
+            ));
+        }
+        blocks
+    }
+}
+
+/// Records the Linear layers of one forward pass so that one backward pass yields their
+/// per-example factors.
+///
+/// Route each Linear layer of the forward pass through [`Capture::linear`]; it returns exactly
+/// what `layer.forward(input)` returns. A disabled capture ([`Capture::disabled`]) records
+/// nothing and adds nothing, so one forward function serves training and inference:
+///
+/// ```ignore
+/// fn forward_with(&self, x: Tensor<2>, capture: &mut Capture) -> Tensor<2> {
+///     let h = relu(capture.linear(&self.fc1, x));
+///     capture.linear(&self.fc2, h)
+/// }
+/// fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+///     self.forward_with(x, &mut Capture::disabled())
+/// }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Capture {
+    records: Vec<Record>,
+    enabled: bool,
+}
+
+impl Default for Capture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Capture {
+    /// A capture that records every layer passed to [`linear`](Self::linear).
+    pub fn new() -> Self {
+        Self {
+            records: Vec::new(),
+            enabled: true,
+        }
+    }
+
+    /// A capture that records nothing: [`linear`](Self::linear) is then `layer.forward(input)`.
+    pub fn disabled() -> Self {
+        Self {
+            records: Vec::new(),
+            enabled: false,
+        }
+    }
+
+    /// Whether this capture records layers.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Number of layer uses recorded so far.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether no layer was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// `layer.forward(input)`, recording the layer input and adding a zero probe leaf to its
+    /// output. `input` is `[N, in]` or `[N, …, in]`: dimension 0 indexes the examples, the
+    /// middle dimensions (a sequence) are summed over in the per-example gradient.
+    ///
+    /// # Panics
+    /// If the capture is enabled and `input` has rank 1 (no example dimension), or is not on an
+    /// autodiff device.
+    pub fn linear<const D: usize>(&mut self, layer: &Linear, input: Tensor<D>) -> Tensor<D> {
+        if !self.enabled {
+            return layer.forward(input);
+        }
+        assert!(
+            D >= 2,
+            "{}",
+            NatGradError::InvalidInput(
+                "Capture::linear needs an input of rank >= 2 whose first dimension indexes the \
+                 examples"
+                    .into()
+            )
+        );
+        assert!(
+            input.is_autodiff(),
+            "{}",
+            NatGradError::InvalidInput(
+                "Capture::linear needs tensors on an autodiff device (`device.autodiff()`)".into()
+            )
+        );
+        let dims = input.dims();
+        let n = dims[0];
+        let d_in = dims[D - 1];
+        let t: usize = dims[1..D - 1].iter().product();
+        let output = layer.forward(input.clone());
+        let d_out = output.dims()[D - 1];
+        let probe = Tensor::<3>::zeros([n, t, d_out], &output.device()).require_grad();
+        let shape = output.shape();
+        let output = output + probe.clone().reshape(shape);
+        self.records.push(Record {
+            weight: layer.weight.id,
+            bias: layer.bias.as_ref().map(|b: &Param<Tensor<1>>| b.id),
+            input: input.inner().reshape([n, t, d_in]),
+            probe,
+        });
+        output
+    }
+
+    /// Reads the probes' gradients after the backward pass: one [`LinearFactors`] per layer, in
+    /// first-use order. Several uses of the same layer are merged along `T`.
+    pub fn into_factors(self, grads: &Gradients) -> Result<Vec<LinearFactors>, NatGradError> {
+        let mut layers: Vec<LinearFactors> = Vec::new();
+        for record in self.records {
+            let output_grad = record.probe.grad(grads).ok_or_else(|| {
+                NatGradError::InvalidInput(
+                    "a captured layer's output did not reach the loss (its probe has no \
+                     gradient); capture only layers the loss depends on"
+                        .into(),
+                )
+            })?;
+            match layers.iter_mut().find(|l| l.weight == record.weight) {
+                Some(layer) => {
+                    if layer.input.dims()[0] != record.input.dims()[0] {
+                        return Err(NatGradError::InvalidInput(format!(
+                            "a layer was captured twice with different batch sizes ({} and {})",
+                            layer.input.dims()[0],
+                            record.input.dims()[0]
+                        )));
+                    }
+                    layer.input = Tensor::cat(vec![layer.input.clone(), record.input], 1);
+                    layer.output_grad = Tensor::cat(vec![layer.output_grad.clone(), output_grad], 1);
+                }
+                None => layers.push(LinearFactors {
+                    weight: record.weight,
+                    bias: record.bias,
+                    input: record.input,
+                    output_grad,
+                }),
+            }
+        }
+        Ok(layers)
+    }
+}

@@ -1,0 +1,65 @@
+//! Errors reported by burn-natgrad.
+//!
+//! Configuration errors are returned before training starts
+//! ([`NaturalGradientConfig::try_build`](crate::NaturalGradientConfig::try_build));
+//! misuse detected inside a training step (gradients without captured factors, parameters the
+//! capture missed) is reported with the same messages, as a panic when the calling API cannot
+//! return a `Result` (Burn's `TrainStep`), or as an `Err` from the `try_*` functions.
+
+use core::fmt;
+
+/// Everything that can go wrong when configuring or running the natural-gradient optimizer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NatGradError {
+    /// A configuration value is out of range or not finite.
+    InvalidConfig {
+        /// The configuration field, e.g. `damping`.
+        field: &'static str,
+        /// What is wrong with it and what is accepted.
+        reason: String,
+    },
+    /// The gradients handed to the optimizer carry no per-example factors.
+    MissingFactors,
+    /// Some parameters received gradients but no per-example factors were captured for them.
+    UncapturedParameters {
+        /// Module paths (or ids) of the parameters without factors.
+        params: Vec<String>,
+    },
+    /// The captured factors are inconsistent (mismatched example counts or shapes).
+    InconsistentFactors(String),
+    /// Input given to the capture or to the loss does not match what it expects.
+    InvalidInput(String),
+}
+
+impl fmt::Display for NatGradError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NatGradError::InvalidConfig { field, reason } => {
+                write!(f, "invalid NaturalGradientConfig: `{field}` {reason}")
+            }
+            NatGradError::MissingFactors => write!(
+                f,
+                "natural gradient: the gradients carry no per-example factors. Build them in \
+                 `TrainStep::step` with `NaturalGradient::capture` + `NaturalGradient::classification` \
+                 (or `per_example_classification`) and pass that `GradientsParams` unchanged to \
+                 `NaturalGradient::step`. Gradient accumulation (`.grads_accumulation(..)`) and \
+                 multi-device training drop or sum these factors and are not supported: remove \
+                 them and train on one device."
+            ),
+            NatGradError::UncapturedParameters { params } => write!(
+                f,
+                "natural gradient: these parameters have gradients but no captured per-example \
+                 factors: [{}]. Route every Linear layer through `Capture::linear` in the forward \
+                 pass, use `per_example_classification` (exact, slower) for other layers, or \
+                 freeze these parameters.",
+                params.join(", ")
+            ),
+            NatGradError::InconsistentFactors(msg) => {
+                write!(f, "natural gradient: inconsistent per-example factors: {msg}")
+            }
+            NatGradError::InvalidInput(msg) => write!(f, "natural gradient: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for NatGradError {}

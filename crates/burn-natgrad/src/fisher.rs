@@ -1,0 +1,157 @@
+//! The Fisher information of a softmax classifier, empirical or model-sampled, as products over
+//! per-example factors.
+//!
+//! For a model with output distribution `p(y | x, θ)` the Fisher is
+//! `F = E_x E_{y∼p(·|x,θ)} [∇ log p ∇ log pᵀ]` (Amari, "Natural Gradient Works Efficiently in
+//! Learning", 1998). The *empirical* Fisher replaces the model's `y` by the data labels; the
+//! *sampled* Fisher draws `k` labels per example from the model's softmax, an unbiased
+//! Monte-Carlo estimate of the true Fisher (Martens, "New Insights and Perspectives on the
+//! Natural Gradient Method", 2020, §9–§11, discusses the difference). Over a minibatch of `N`
+//! examples with per-example gradients `gᵢ`:
+//!
+//! * empirical: `F = (1/N) Σᵢ gᵢ gᵢᵀ`
+//! * sampled:   `F = (1/(N k)) Σᵢ Σₛ gᵢₛ gᵢₛᵀ`
+//!
+//! Both couple every parameter of the model; the block-diagonal option keeps only the blocks of
+//! each layer. Products are formed from the factors (see [`factors`](crate::factors)), never from
+//! an `N × P` or `P × P` matrix, except in [`dense_fisher`], the test oracle.
+
+use burn::config::Config;
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::{Int, Tensor};
+
+use crate::error::NatGradError;
+use crate::factors::Block;
+
+/// Which Fisher information preconditions the gradient.
+#[derive(Config, Debug, PartialEq, Eq, Copy)]
+pub enum FisherKind {
+    /// The empirical Fisher: per-example gradients at the data labels. Costs nothing beyond the
+    /// gradient's own backward pass.
+    Empirical,
+    /// The Fisher of the model's predictive distribution, estimated with `samples` labels per
+    /// example drawn from the softmax with Burn's seeded RNG. The batch is run `samples + 1`
+    /// times in one forward/backward (data labels on the first copy).
+    Sampled {
+        /// Labels drawn per example (`k ≥ 1`).
+        samples: usize,
+    },
+}
+
+impl FisherKind {
+    /// How many copies of the batch one step runs: 1, or `k + 1` for the sampled Fisher.
+    pub fn copies(&self) -> usize {
+        match self {
+            FisherKind::Empirical => 1,
+            FisherKind::Sampled { samples } => samples + 1,
+        }
+    }
+}
+
+/// Per-row softmax cross-entropy, `[M, 1]`, of `logits` `[M, C]` at `labels` `[M]`.
+pub(crate) fn cross_entropy_rows(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<2> {
+    let m = labels.dims()[0];
+    log_softmax(logits, 1)
+        .gather(1, labels.reshape([m, 1]))
+        .neg()
+}
+
+/// Checks `targets` against the logits: shape, and labels in `0..classes` (one host read).
+pub(crate) fn check_targets(
+    logits_rows: usize,
+    classes: usize,
+    targets: &Tensor<1, Int>,
+    copies: usize,
+) -> Result<usize, NatGradError> {
+    let n = targets.dims()[0];
+    if n == 0 {
+        return Err(NatGradError::InvalidInput("the batch is empty".into()));
+    }
+    if logits_rows != n * copies {
+        return Err(NatGradError::InvalidInput(format!(
+            "the logits have {logits_rows} rows but there are {n} targets and the Fisher needs \
+             {copies} cop{} of the batch: run the forward pass on the input returned by \
+             `NaturalGradient::capture`",
+            if copies == 1 { "y" } else { "ies" }
+        )));
+    }
+    let range = Tensor::cat(
+        vec![targets.clone().min().reshape([1]), targets.clone().max().reshape([1])],
+        0,
+    )
+    .into_data()
+    .convert::<i64>();
+    let range = range.as_slice::<i64>().expect("int data");
+    if range[0] < 0 || range[1] >= classes as i64 {
+        return Err(NatGradError::InvalidInput(format!(
+            "targets must lie in 0..{classes} (the logits' width); found labels from {} to {}",
+            range[0], range[1]
+        )));
+    }
+    Ok(n)
+}
+
+/// Labels for all `copies` of the batch: the data labels, then `k` labels per example drawn
+/// from `softmax(logits)` of the first copy (detached).
+pub(crate) fn labels_for(kind: FisherKind, logits: &Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1, Int> {
+    match kind {
+        FisherKind::Empirical => targets,
+        FisherKind::Sampled { samples } => {
+            let n = targets.dims()[0];
+            let probs = softmax(logits.clone().slice(0..n).inner(), 1);
+            // [n, k] -> copy-major [k * n]: copy s holds every example's s-th draw.
+            let drawn = probs.categorical(samples).transpose().reshape([samples * n]);
+            Tensor::cat(vec![targets, drawn.to_device(&logits.device())], 0)
+        }
+    }
+}
+
+/// The Fisher scale `c` such that `F = c Σ_rows u uᵀ` for rows `u` = probe factors of a mean loss
+/// over `n` examples (`u = gᵢ / n`): `n` for the empirical Fisher, `n / k` for the sampled one.
+pub(crate) fn fisher_scale(kind: FisherKind, n: usize) -> f64 {
+    match kind {
+        FisherKind::Empirical => n as f64,
+        FisherKind::Sampled { samples } => n as f64 / samples as f64,
+    }
+}
+
+/// The Gram matrix `U Uᵀ` (`[M, M]`) of the blocks' per-example gradients.
+pub fn gram(blocks: &[&Block]) -> Tensor<2> {
+    blocks
+        .iter()
+        .map(|b| b.factors.gram())
+        .reduce(|a, b| a + b)
+        .expect("at least one block")
+}
+
+/// `U v` (`[M, 1]`) for a vector given block by block.
+pub fn project(blocks: &[&Block], v: &[Tensor<2>]) -> Tensor<2> {
+    blocks
+        .iter()
+        .zip(v)
+        .map(|(b, v)| b.factors.project(v))
+        .reduce(|a, b| a + b)
+        .expect("at least one block")
+}
+
+/// `Uᵀ α`, block by block.
+pub fn back(blocks: &[&Block], alpha: &Tensor<2>) -> Vec<Tensor<2>> {
+    blocks.iter().map(|b| b.factors.back(alpha)).collect()
+}
+
+/// The matrix-free Fisher-vector product `F v = Uᵀ (U v)`.
+pub fn fisher_vector_product(blocks: &[&Block], v: &[Tensor<2>]) -> Vec<Tensor<2>> {
+    back(blocks, &project(blocks, v))
+}
+
+/// The explicit `[M, P]` matrix of per-example gradients (scaled so that `F = UᵀU`), blocks
+/// concatenated in order, each flattened in its matrix view. Test oracle: `O(M·P)` memory.
+pub fn dense_rows(blocks: &[&Block]) -> Tensor<2> {
+    Tensor::cat(blocks.iter().map(|b| b.factors.dense_rows()).collect(), 1)
+}
+
+/// The explicit `[P, P]` Fisher `UᵀU`. Test oracle: `O(P²)` memory.
+pub fn dense_fisher(blocks: &[&Block]) -> Tensor<2> {
+    let u = dense_rows(blocks);
+    u.clone().transpose().matmul(u)
+}

@@ -1,0 +1,34 @@
+#![warn(missing_docs)]
+//! Natural-gradient descent for [Burn](https://burn.dev).
+//!
+//! Natural gradient descent replaces the gradient `g` by `(F + λI)⁻¹ g`, where `F` is the Fisher
+//! information of the model's output distribution, so that steps are measured in distribution
+//! space rather than parameter space (Amari, "Natural Gradient Works Efficiently in Learning",
+//! 1998). This crate:
+//!
+//! * captures **per-example gradient factors** of Linear layers in one batch backward pass
+//!   ([`Capture`]), with an exact per-example loop for any other model
+//!   ([`per_example_classification`]);
+//! * forms the **empirical** or **model-sampled** Fisher ([`FisherKind`]), coupled across all
+//!   parameters or block-diagonal per layer, without ever materialising `N × P` or `P × P`;
+//! * solves the damped system exactly in sample space (Woodbury/Gram) or by conjugate gradient
+//!   in sample or parameter space ([`SolverKind`]);
+//! * applies a KL trust region, momentum and weight decay, and plugs into Burn's
+//!   `ModuleOptimizer`, `Learner` and checkpoints ([`NaturalGradient`]).
+
+pub mod capture;
+pub mod error;
+pub mod factors;
+pub mod fisher;
+pub mod optimizer;
+pub mod per_example;
+pub mod solver;
+
+pub use capture::{Capture, LinearFactors};
+pub use error::NatGradError;
+pub use fisher::FisherKind;
+pub use optimizer::{
+    NaturalGradient, NaturalGradientConfig, NaturalGradientOutput, Preconditioned, StepStats,
+};
+pub use per_example::per_example_classification;
+pub use solver::SolverKind;

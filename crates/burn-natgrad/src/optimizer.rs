@@ -1,0 +1,548 @@
+//! The natural-gradient optimizer: configuration, the coupled preconditioning step, and the
+//! per-tensor part that plugs into Burn's [`ModuleOptimizer`].
+//!
+//! One step (Amari 1998; Martens 2020):
+//!
+//! 1. `d = (F + λI)⁻¹ g` with Tikhonov damping `λ`, `F` coupled across all captured parameters
+//!    (or block-diagonal per layer), solved by a [`SolverKind`];
+//! 2. KL trust region: since `KL(p_θ ‖ p_{θ − ηd}) ≈ ½ η² dᵀFd`, `d` is rescaled so that
+//!    `½ η² dᵀFd ≤ kl_max` (the natural-gradient step size rule of Pascanu & Bengio, "Revisiting
+//!    Natural Gradient for Deep Networks", 2014, and of TRPO);
+//! 3. the per-tensor part ([`NaturalGradient`] as a Burn [`Optimizer`]) adds weight decay,
+//!    applies momentum and the learning rate, exactly as Burn's SGD does, so that
+//!    [`ModuleOptimizer`]'s records and the Learner's checkpoints keep working.
+//!
+//! A direction or residual that is not finite skips the step: the weights and the momentum are
+//! left untouched, a warning is logged and [`StepStats::skipped`] counts it.
+
+use std::sync::{Arc, Mutex};
+
+use burn::config::Config;
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, LearningRate, ModuleOptimizer, Optimizer, Sgd, SgdConfig, SgdState};
+use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::tensor::{Device, Int, Tensor};
+
+use crate::capture::Capture;
+use crate::error::NatGradError;
+use crate::factors::{BlockFactors, Factors};
+use crate::fisher::{check_targets, cross_entropy_rows, fisher_scale, labels_for, FisherKind};
+use crate::solver::{solve, CgOptions, SolverKind};
+
+/// Configuration of the [`NaturalGradient`] optimizer.
+#[derive(Config, Debug)]
+pub struct NaturalGradientConfig {
+    /// Which Fisher preconditions the gradient. Default: [`FisherKind::Empirical`].
+    #[config(default = "FisherKind::Empirical")]
+    pub fisher: FisherKind,
+    /// How `(F + λI) d = g` is solved. Default: [`SolverKind::Gram`] (exact).
+    #[config(default = "SolverKind::Gram")]
+    pub solver: SolverKind,
+    /// Tikhonov damping `λ > 0` added to the Fisher. Default: 1.0. Small values trust the
+    /// minibatch Fisher more (larger, riskier steps); large values approach SGD with learning
+    /// rate `lr / λ`.
+    #[config(default = 1.0)]
+    pub damping: f64,
+    /// KL trust region: the step is shrunk so that `½ lr² dᵀFd ≤ kl_max`. `None` (default):
+    /// no trust region.
+    #[config(default = "None")]
+    pub kl_max: Option<f64>,
+    /// Use the per-layer block-diagonal Fisher instead of the full, coupled one. Default: false.
+    #[config(default = false)]
+    pub block_diagonal: bool,
+    /// Conjugate-gradient iteration cap (CG solvers). Default: 50.
+    #[config(default = 50)]
+    pub cg_max_iters: usize,
+    /// Conjugate-gradient relative tolerance `‖r‖ ≤ tol ‖b‖`. Default: 1e-6.
+    #[config(default = 1e-6)]
+    pub cg_tolerance: f64,
+    /// Check CG convergence on the host every this many iterations (one device read each);
+    /// 0: never, always run `cg_max_iters`. Default: 10.
+    #[config(default = 10)]
+    pub cg_check_every: usize,
+    /// Momentum applied to the natural-gradient direction (as Burn's SGD). Default: none.
+    pub momentum: Option<MomentumConfig>,
+    /// Weight decay added to the natural-gradient direction (as Burn's SGD). Default: none.
+    pub weight_decay: Option<WeightDecayConfig>,
+}
+
+fn check_positive(field: &'static str, value: f64) -> Result<(), NatGradError> {
+    if !value.is_finite() || value <= 0.0 {
+        return Err(NatGradError::InvalidConfig {
+            field,
+            reason: format!("must be a finite number > 0, got {value}"),
+        });
+    }
+    Ok(())
+}
+
+impl NaturalGradientConfig {
+    /// Checks every value; the error names the field and what it accepts.
+    pub fn validate(&self) -> Result<(), NatGradError> {
+        check_positive("damping", self.damping)?;
+        if let Some(kl) = self.kl_max {
+            check_positive("kl_max", kl)?;
+        }
+        if let FisherKind::Sampled { samples: 0 } = self.fisher {
+            return Err(NatGradError::InvalidConfig {
+                field: "fisher",
+                reason: "Sampled { samples } needs at least one sample per example, got 0".into(),
+            });
+        }
+        if self.solver != SolverKind::Gram {
+            if self.cg_max_iters == 0 {
+                return Err(NatGradError::InvalidConfig {
+                    field: "cg_max_iters",
+                    reason: "must be at least 1 for a conjugate-gradient solver, got 0".into(),
+                });
+            }
+            check_positive("cg_tolerance", self.cg_tolerance)?;
+        }
+        if let Some(m) = &self.momentum {
+            for (field, v) in [("momentum.momentum", m.momentum), ("momentum.dampening", m.dampening)] {
+                if !v.is_finite() || !(0.0..=1.0).contains(&v) {
+                    return Err(NatGradError::InvalidConfig {
+                        field,
+                        reason: format!("must lie in [0, 1], got {v}"),
+                    });
+                }
+            }
+        }
+        if let Some(w) = &self.weight_decay {
+            if !w.penalty.is_finite() || w.penalty < 0.0 {
+                return Err(NatGradError::InvalidConfig {
+                    field: "weight_decay.penalty",
+                    reason: format!("must be a finite number >= 0, got {}", w.penalty),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the optimizer, or says which value is invalid.
+    pub fn try_build(&self) -> Result<NaturalGradient, NatGradError> {
+        self.validate()?;
+        let mut sgd = SgdConfig::new();
+        if let Some(m) = &self.momentum {
+            sgd = sgd.with_momentum(Some(m.clone()));
+        }
+        if let Some(w) = &self.weight_decay {
+            sgd = sgd.with_weight_decay(Some(w.clone()));
+        }
+        Ok(NaturalGradient {
+            config: self.clone(),
+            sgd: sgd.build(),
+            stats: Arc::new(Mutex::new(StepStats::default())),
+        })
+    }
+
+    /// Builds the optimizer.
+    ///
+    /// # Panics
+    /// With the message of [`validate`](Self::validate) if a value is invalid; use
+    /// [`try_build`](Self::try_build) to handle it.
+    pub fn build(&self) -> NaturalGradient {
+        self.try_build().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The per-tensor part wrapped in a [`ModuleOptimizer`], as Burn's `init` functions return.
+    /// Pair it with the [`NaturalGradient`] from [`build`](Self::build) (or use
+    /// [`NaturalGradient::module_optimizer`]).
+    ///
+    /// # Panics
+    /// If a value is invalid (see [`validate`](Self::validate)).
+    pub fn init(&self) -> ModuleOptimizer {
+        self.build().module_optimizer()
+    }
+}
+
+/// Counters of the coupled step, shared by all clones of one [`NaturalGradient`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepStats {
+    /// Steps applied.
+    pub steps: u64,
+    /// Steps skipped because the direction or the residual was not finite.
+    pub skipped: u64,
+    /// Predicted KL divergence `½ lr² dᵀFd` of the last applied step (after the trust region).
+    pub last_kl: f64,
+    /// Trust-region factor of the last applied step (1 when it did not bind).
+    pub last_scale: f64,
+    /// Conjugate-gradient iterations of the last step (0 for the direct solve).
+    pub last_cg_iters: usize,
+    /// Final CG relative residual of the last step (0 for the direct solve).
+    pub last_residual: f64,
+}
+
+/// Natural-gradient descent for Burn: `θ ← θ − η (F + λI)⁻¹ g` with the empirical or sampled
+/// Fisher `F` of a softmax classifier, built from per-example factors captured in one backward
+/// pass (Amari, "Natural Gradient Works Efficiently in Learning", 1998).
+///
+/// It has two faces:
+/// * the coupled step ([`capture`](Self::capture), [`classification`](Self::classification),
+///   [`step`](Self::step)), which needs all parameters at once;
+/// * Burn's per-tensor [`Optimizer`] (momentum, weight decay, learning rate), which
+///   [`ModuleOptimizer`] wraps, so records and checkpoints are Burn's own.
+///
+/// Clones share their [`StepStats`].
+#[derive(Clone)]
+pub struct NaturalGradient {
+    config: NaturalGradientConfig,
+    sgd: Sgd,
+    stats: Arc<Mutex<StepStats>>,
+}
+
+impl core::fmt::Debug for NaturalGradient {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("NaturalGradient")
+            .field("config", &self.config)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// What [`NaturalGradient::classification`] returns: the data loss and logits for metrics, and
+/// the gradients with the per-example factors for [`NaturalGradient::step`].
+#[derive(Debug)]
+pub struct NaturalGradientOutput {
+    /// Mean cross-entropy on the data labels, `[1]` (not tracked by autodiff).
+    pub loss: Tensor<1>,
+    /// Logits of the batch (the data copy), `[N, C]` (not tracked by autodiff).
+    pub logits: Tensor<2>,
+    /// Parameter gradients plus the Fisher factors under derived ids. Pass it unchanged.
+    pub grads: GradientsParams,
+}
+
+/// A preconditioned step, ready for the per-tensor optimizer.
+#[derive(Debug)]
+pub struct Preconditioned {
+    /// The natural-gradient directions under the parameters' ids, or `None` if the step is
+    /// skipped (non-finite direction or residual).
+    pub directions: Option<GradientsParams>,
+    /// Predicted `dᵀFd` of the direction before the trust region.
+    pub quadratic: f64,
+    /// Trust-region factor applied (1 when it did not bind).
+    pub scale: f64,
+}
+
+impl NaturalGradient {
+    /// The configuration it was built from.
+    pub fn config(&self) -> &NaturalGradientConfig {
+        &self.config
+    }
+
+    /// A snapshot of the step counters.
+    pub fn stats(&self) -> StepStats {
+        self.stats.lock().expect("stats lock").clone()
+    }
+
+    /// The per-tensor part wrapped in Burn's [`ModuleOptimizer`].
+    pub fn module_optimizer(&self) -> ModuleOptimizer {
+        ModuleOptimizer::from(self.clone())
+    }
+
+    /// Starts a captured training step: returns an enabled [`Capture`] and the input to run the
+    /// forward pass on. For the sampled Fisher with `k` samples the input is the batch stacked
+    /// `k + 1` times along dimension 0; for the empirical Fisher it is the batch itself.
+    pub fn capture<const D: usize>(&self, input: Tensor<D>) -> (Capture, Tensor<D>) {
+        let copies = self.config.fisher.copies();
+        let input = if copies == 1 {
+            input
+        } else {
+            Tensor::cat(vec![input; copies], 0)
+        };
+        (Capture::new(), input)
+    }
+
+    /// Finishes a captured step of a softmax classifier: cross-entropy on the data labels (and
+    /// on labels sampled from the model for the sampled Fisher), one backward pass, and the
+    /// per-example factors of every captured layer, returned inside the gradients.
+    ///
+    /// `logits` come from the forward pass on the input returned by [`capture`](Self::capture);
+    /// `targets` are the `N` data labels.
+    ///
+    /// # Panics
+    /// With a message saying what to change, on the errors of
+    /// [`try_classification`](Self::try_classification).
+    pub fn classification<M: Module>(
+        &self,
+        model: &M,
+        capture: Capture,
+        logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+    ) -> NaturalGradientOutput {
+        self.try_classification(model, capture, logits, targets)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`classification`](Self::classification), returning errors: targets that do not match
+    /// the logits, a capture that recorded no layer, or trainable parameters it did not capture.
+    pub fn try_classification<M: Module>(
+        &self,
+        model: &M,
+        capture: Capture,
+        logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+    ) -> Result<NaturalGradientOutput, NatGradError> {
+        let kind = self.config.fisher;
+        let [rows, classes] = logits.dims();
+        let n = check_targets(rows, classes, &targets, kind.copies())?;
+        if !capture.is_enabled() || capture.is_empty() {
+            return Err(NatGradError::InvalidInput(
+                "the capture recorded no layer: run the forward pass with the capture from \
+                 `NaturalGradient::capture` and route each Linear layer through \
+                 `Capture::linear`"
+                    .into(),
+            ));
+        }
+        let labels = labels_for(kind, &logits, targets);
+        let per_row = cross_entropy_rows(logits.clone(), labels);
+        let data_loss = per_row.clone().slice(0..n).mean().inner();
+        let gradients = per_row.sum().div_scalar(n as f64).backward();
+        let layers = capture.into_factors(&gradients)?;
+        let mut grads = GradientsParams::from_grads(gradients, model);
+
+        let captured: Vec<ParamId> = layers
+            .iter()
+            .flat_map(|l| std::iter::once(l.weight).chain(l.bias))
+            .collect();
+        let uncaptured: Vec<String> = params_with_grads(model, &grads)
+            .into_iter()
+            .filter(|(id, _)| !captured.contains(id))
+            .map(|(_, path)| path)
+            .collect();
+        if !uncaptured.is_empty() {
+            return Err(NatGradError::UncapturedParameters { params: uncaptured });
+        }
+
+        let scale = fisher_scale(kind, n).sqrt();
+        for layer in &layers {
+            if kind.copies() > 1 {
+                // The parameter gradients mix all copies: the data gradient is the first copy's.
+                let [_, t, d_in] = layer.input.dims();
+                let d_out = layer.output_grad.dims()[2];
+                let x = layer.input.clone().slice(0..n).reshape([n * t, d_in]);
+                let g = layer.output_grad.clone().slice(0..n).reshape([n * t, d_out]);
+                grads.register(layer.weight, x.transpose().matmul(g.clone()));
+                if let Some(bias) = layer.bias {
+                    grads.register(bias, g.sum_dim(0).reshape([d_out]));
+                }
+            }
+            for (id, block) in layer.blocks() {
+                let block: BlockFactors = if kind.copies() > 1 {
+                    block.slice_rows(n, rows)
+                } else {
+                    block
+                };
+                block.scaled(scale).register(id, &mut grads);
+            }
+        }
+        Ok(NaturalGradientOutput {
+            loss: data_loss,
+            logits: logits.slice(0..n).inner(),
+            grads,
+        })
+    }
+
+    /// Computes the natural-gradient directions for `module` from `grads` (as returned by
+    /// [`classification`](Self::classification) or
+    /// [`per_example_classification`](crate::per_example_classification)), with the learning
+    /// rate `lr` for the trust region. Nothing is consumed: on error the caller keeps its module.
+    pub fn precondition<M: Module>(
+        &self,
+        module: &M,
+        lr: LearningRate,
+        grads: &GradientsParams,
+    ) -> Result<Preconditioned, NatGradError> {
+        let factors = Factors::from_grads(module, grads)?;
+        let c = &self.config;
+        let cg = CgOptions {
+            max_iters: c.cg_max_iters,
+            tolerance: c.cg_tolerance,
+            check_every: c.cg_check_every,
+        };
+        let groups: Vec<Vec<usize>> = if c.block_diagonal {
+            factors.by_group()
+        } else {
+            vec![(0..factors.blocks.len()).collect()]
+        };
+        let mut directions: Vec<Option<Tensor<2>>> = vec![None; factors.blocks.len()];
+        let mut quadratic: Option<Tensor<1>> = None;
+        let mut residual: Option<Tensor<1>> = None;
+        let mut iterations = 0;
+        for group in groups {
+            let blocks: Vec<_> = group.iter().map(|&i| &factors.blocks[i]).collect();
+            let solution = solve(&blocks, c.solver, c.damping, &cg);
+            let q = solution.ud.clone().square().sum();
+            quadratic = Some(match quadratic {
+                Some(acc) => acc + q,
+                None => q,
+            });
+            if let Some(r) = solution.residual {
+                residual = Some(match residual {
+                    Some(acc) => acc.max_pair(r),
+                    None => r,
+                });
+            }
+            iterations = iterations.max(solution.iterations);
+            for (&i, d) in group.iter().zip(solution.direction) {
+                directions[i] = Some(d);
+            }
+        }
+        // One host read: dᵀFd, plus the CG residual; also a finiteness probe of the direction,
+        // since a NaN anywhere in d reaches dᵀFd = ‖U d‖² unless U is zero there, and the sum
+        // of d catches that case.
+        let probe = directions
+            .iter()
+            .flatten()
+            .map(|d| d.clone().sum())
+            .reduce(|a, b| a + b)
+            .expect("at least one block");
+        let mut read = vec![quadratic.expect("at least one group"), probe.mul_scalar(0.0)];
+        if let Some(r) = residual.clone() {
+            read.push(r);
+        }
+        let values: Vec<f64> = Tensor::cat(read, 0)
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .expect("float data");
+        let quadratic = values[0];
+        let finite = values.iter().all(|v| v.is_finite());
+        let residual_value = values.get(2).copied().unwrap_or(0.0);
+
+        let mut stats = self.stats.lock().expect("stats lock");
+        stats.last_cg_iters = iterations;
+        stats.last_residual = residual_value;
+        if !finite {
+            stats.skipped += 1;
+            log::warn!(
+                "natural gradient: non-finite direction or residual (dᵀFd = {quadratic}, CG \
+                 residual = {residual_value}); step skipped, weights unchanged ({} skipped so far)",
+                stats.skipped
+            );
+            return Ok(Preconditioned {
+                directions: None,
+                quadratic,
+                scale: 0.0,
+            });
+        }
+        let scale = match c.kl_max {
+            Some(kl_max) if quadratic > 0.0 && lr > 0.0 => {
+                (2.0 * kl_max / (lr * lr * quadratic)).sqrt().min(1.0)
+            }
+            _ => 1.0,
+        };
+        stats.steps += 1;
+        stats.last_scale = scale;
+        stats.last_kl = 0.5 * lr * lr * quadratic * scale * scale;
+        drop(stats);
+
+        let mut out = GradientsParams::new();
+        for (block, d) in factors.blocks.iter().zip(directions) {
+            let d = d.expect("every block solved");
+            let d = if scale < 1.0 { d.mul_scalar(scale) } else { d };
+            register_shaped(&mut out, block.id, d, &block.dims);
+        }
+        Ok(Preconditioned {
+            directions: Some(out),
+            quadratic,
+            scale,
+        })
+    }
+
+    /// One natural-gradient step: [`precondition`](Self::precondition), then the per-tensor
+    /// update (weight decay, momentum, learning rate) by `optim`. A skipped step returns the
+    /// module unchanged. Call it from `TrainStep::optimize`, or from a custom loop.
+    ///
+    /// # Panics
+    /// With a message saying what to change, if `grads` carry no factors (e.g. gradient
+    /// accumulation or multi-device training was enabled) or miss some parameters; use
+    /// [`precondition`](Self::precondition) to handle those errors.
+    pub fn step<M: Module>(
+        &self,
+        optim: &mut ModuleOptimizer,
+        lr: impl Into<ModuleLearningRate>,
+        module: M,
+        grads: GradientsParams,
+    ) -> M {
+        let lr = lr.into();
+        let pre = self
+            .precondition(&module, lr.base(), &grads)
+            .unwrap_or_else(|e| panic!("{e}"));
+        match pre.directions {
+            Some(directions) => optim.step(lr, module, directions),
+            None => module,
+        }
+    }
+}
+
+/// Registers a matrix-view tensor under `id` with the parameter's rank and shape.
+fn register_shaped(out: &mut GradientsParams, id: ParamId, d: Tensor<2>, dims: &[usize]) {
+    macro_rules! reg {
+        ($r:literal) => {{
+            let shape: [usize; $r] = dims.try_into().expect("rank");
+            out.register::<$r>(id, d.reshape(shape))
+        }};
+    }
+    match dims.len() {
+        1 => reg!(1),
+        2 => reg!(2),
+        3 => reg!(3),
+        4 => reg!(4),
+        5 => reg!(5),
+        6 => reg!(6),
+        r => panic!("natural gradient: parameters of rank {r} are not supported (at most 6)"),
+    }
+}
+
+/// `(id, path)` of every float parameter of `module` that has a gradient in `grads`.
+pub(crate) fn params_with_grads<M: Module>(module: &M, grads: &GradientsParams) -> Vec<(ParamId, String)> {
+    struct V<'a> {
+        grads: &'a GradientsParams,
+        path: Vec<String>,
+        found: Vec<(ParamId, String)>,
+    }
+    impl ModuleVisitor for V<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.grads.get::<D>(param.id).is_some() {
+                self.found.push((param.id, self.path.join(".")));
+            }
+        }
+    }
+    let mut v = V {
+        grads,
+        path: Vec::new(),
+        found: Vec::new(),
+    };
+    module.visit(&mut v);
+    v.found
+}
+
+impl Optimizer for NaturalGradient {
+    type State<const D: usize> = SgdState<D>;
+
+    /// The per-tensor part: `grad` is the natural-gradient direction computed by
+    /// [`NaturalGradient::precondition`]; weight decay, momentum and `lr` are applied as Burn's
+    /// SGD applies them.
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        self.sgd.step(lr, tensor, grad, state)
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        Sgd::to_device(state, device)
+    }
+}

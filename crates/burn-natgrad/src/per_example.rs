@@ -1,0 +1,141 @@
+//! The generic fallback: exact per-example gradients of any model by looping over the examples.
+//!
+//! Burn has no `vmap`; one backward per example (and per sampled label) gives the exact
+//! per-example gradients of every parameter, whatever the layer types. They are kept as explicit
+//! rows (`[M, numel]` per parameter), so memory and time grow with `N × P`: use it for models the
+//! probe [`Capture`](crate::Capture) cannot see into, or as a test oracle.
+
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Int, Tensor};
+
+use crate::error::NatGradError;
+use crate::factors::BlockFactors;
+use crate::fisher::{check_targets, cross_entropy_rows, FisherKind};
+use crate::optimizer::{NaturalGradient, NaturalGradientOutput};
+
+/// Adds one backward pass's parameter gradients to the running sums and/or the per-example rows.
+struct Collect<'a> {
+    source: &'a GradientsParams,
+    sums: Option<&'a mut GradientsParams>,
+    rows: &'a mut HashMap<ParamId, Vec<Tensor<2>>>,
+}
+
+impl ModuleVisitor for Collect<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let Some(grad) = self.source.get::<D>(param.id) else {
+            return;
+        };
+        let numel = grad.shape().num_elements();
+        self.rows
+            .entry(param.id)
+            .or_default()
+            .push(grad.clone().reshape([1, numel]));
+        if let Some(sums) = self.sums.as_deref_mut() {
+            let total = match sums.remove::<D>(param.id) {
+                Some(acc) => acc + grad,
+                None => grad,
+            };
+            sums.register::<D>(param.id, total);
+        }
+    }
+}
+
+/// Divides every parameter gradient in `grads` by `n`.
+struct Mean<'a> {
+    grads: &'a mut GradientsParams,
+    n: f64,
+}
+
+impl ModuleVisitor for Mean<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.remove::<D>(param.id) {
+            self.grads.register::<D>(param.id, g.div_scalar(self.n));
+        }
+    }
+}
+
+/// Exact per-example natural-gradient inputs for any model: one forward and backward pass per
+/// example (plus one per sampled label for the sampled Fisher), with `forward(model, x)` mapping
+/// a batch `[1, …]` to logits `[1, C]`. The result feeds [`NaturalGradient::step`] like
+/// [`NaturalGradient::classification`]'s does. Slow (`N` backward passes) and `O(N·P)` memory.
+pub fn per_example_classification<M, F, const D: usize>(
+    natgrad: &NaturalGradient,
+    model: &M,
+    input: Tensor<D>,
+    targets: Tensor<1, Int>,
+    forward: F,
+) -> Result<NaturalGradientOutput, NatGradError>
+where
+    M: Module,
+    F: Fn(&M, Tensor<D>) -> Tensor<2>,
+{
+    let n = input.dims()[0];
+    if targets.dims()[0] != n {
+        return Err(NatGradError::InvalidInput(format!(
+            "{} targets for a batch of {n} examples",
+            targets.dims()[0]
+        )));
+    }
+    let kind = natgrad.config().fisher;
+    let mut sums = GradientsParams::new();
+    let mut data_rows: HashMap<ParamId, Vec<Tensor<2>>> = HashMap::new();
+    let mut sampled_rows: HashMap<ParamId, Vec<Tensor<2>>> = HashMap::new();
+    let mut losses = Vec::with_capacity(n);
+    let mut all_logits = Vec::with_capacity(n);
+    for i in 0..n {
+        let x = input.clone().narrow(0, i, 1);
+        let y = targets.clone().narrow(0, i, 1);
+        let logits = forward(model, x.clone());
+        if i == 0 {
+            let [_, classes] = logits.dims();
+            check_targets(n, classes, &targets, 1)?;
+        }
+        let loss = cross_entropy_rows(logits.clone(), y).reshape([1]);
+        losses.push(loss.clone().inner());
+        all_logits.push(logits.clone().inner());
+        let source = GradientsParams::from_grads(loss.backward(), model);
+        model.visit(&mut Collect {
+            source: &source,
+            sums: Some(&mut sums),
+            rows: &mut data_rows,
+        });
+        if let FisherKind::Sampled { samples } = kind {
+            let drawn = softmax(logits.inner(), 1).categorical(samples);
+            for s in 0..samples {
+                let label = drawn.clone().narrow(1, s, 1).reshape([1]).to_device(&x.device());
+                let loss = cross_entropy_rows(forward(model, x.clone()), label).reshape([1]);
+                let source = GradientsParams::from_grads(loss.backward(), model);
+                model.visit(&mut Collect {
+                    source: &source,
+                    sums: None,
+                    rows: &mut sampled_rows,
+                });
+            }
+        }
+    }
+    model.visit(&mut Mean {
+        grads: &mut sums,
+        n: n as f64,
+    });
+    // F = (1/R) Σ_r g_r g_rᵀ over the R Fisher rows: rows scaled by 1/√R.
+    let (rows, count) = match kind {
+        FisherKind::Empirical => (data_rows, n),
+        FisherKind::Sampled { samples } => (sampled_rows, n * samples),
+    };
+    let scale = 1.0 / (count as f64).sqrt();
+    for (id, rows) in rows {
+        BlockFactors::Dense {
+            rows: Tensor::cat(rows, 0).mul_scalar(scale),
+        }
+        .register(id, &mut sums);
+    }
+    Ok(NaturalGradientOutput {
+        loss: Tensor::cat(losses, 0).mean(),
+        logits: Tensor::cat(all_logits, 0),
+        grads: sums,
+    })
+}

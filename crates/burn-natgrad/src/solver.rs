@@ -1,0 +1,238 @@
+//! Solvers for the damped natural-gradient system `(F + λI) d = g`, with `F = UᵀU`.
+//!
+//! * [`SolverKind::Gram`]: the exact Woodbury / Sherman–Morrison–Woodbury identity in sample
+//!   space, `(UᵀU + λI)⁻¹ g = (g − Uᵀ (UUᵀ + λI)⁻¹ U g) / λ` (Ren & Goldfarb, "Efficient
+//!   Subsampled Gauss-Newton and Natural Gradient Methods for Training Neural Networks", 2019),
+//!   with the `M × M` system solved by a Cholesky factorisation on the host in `f64`.
+//! * [`SolverKind::CgSample`]: the same sample-space system `(UUᵀ + λI) β = U g` solved by
+//!   conjugate gradient on the device.
+//! * [`SolverKind::CgParam`]: conjugate gradient directly in parameter space with matrix-free
+//!   Fisher-vector products `F v = Uᵀ(U v)` (Martens, "Deep learning via Hessian-free
+//!   optimization", 2010).
+//!
+//! Conjugate gradient (Hestenes & Stiefel, 1952) keeps α and β as device tensors: no host read
+//! per iteration. Convergence is checked on the host only every `check_every` iterations
+//! (never when 0), where a read is the price of stopping early.
+
+use burn::config::Config;
+use burn::tensor::{Tensor, TensorData};
+
+use crate::factors::Block;
+use crate::fisher::{back, gram, project};
+
+/// How the damped system is solved.
+#[derive(Config, Debug, PartialEq, Eq, Copy)]
+pub enum SolverKind {
+    /// Exact: Woodbury identity, `M × M` Cholesky solve on the host (`f64`).
+    Gram,
+    /// Conjugate gradient on the `M × M` sample-space (Gram) system, on the device.
+    CgSample,
+    /// Conjugate gradient in parameter space with matrix-free Fisher-vector products.
+    CgParam,
+}
+
+/// Conjugate-gradient stopping rules.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CgOptions {
+    /// Iteration cap.
+    pub max_iters: usize,
+    /// Stop when `‖r‖ ≤ tolerance · ‖b‖`.
+    pub tolerance: f64,
+    /// Read the residual on the host every this many iterations to stop early; 0: never.
+    pub check_every: usize,
+}
+
+/// A solved direction for a set of blocks.
+#[derive(Debug, Clone)]
+pub struct Solution {
+    /// `d = (F + λI)⁻¹ g`, block by block, in each block's matrix view.
+    pub direction: Vec<Tensor<2>>,
+    /// `U d`, `[M, 1]`: `dᵀ F d = ‖U d‖²`.
+    pub ud: Tensor<2>,
+    /// Final relative residual `‖r‖ / ‖b‖` of the conjugate gradient (a `[1]` tensor), if CG ran.
+    pub residual: Option<Tensor<1>>,
+    /// Conjugate-gradient iterations run (0 for the direct solve).
+    pub iterations: usize,
+}
+
+/// Smallest denominator used in CG's ratios, so that an exactly converged run stays finite.
+const TINY: f64 = 1e-30;
+
+/// Solves `(UᵀU + λI) d = g` for the given blocks.
+pub fn solve(blocks: &[&Block], kind: SolverKind, damping: f64, cg: &CgOptions) -> Solution {
+    let grads: Vec<Tensor<2>> = blocks.iter().map(|b| b.grad.clone()).collect();
+    match kind {
+        SolverKind::Gram | SolverKind::CgSample => {
+            let b = project(blocks, &grads);
+            let k = gram(blocks);
+            let (beta, residual, iterations) = if kind == SolverKind::Gram {
+                (gram_direct(&k, &b, damping), None, 0)
+            } else {
+                let (beta, res, it) = conjugate_gradient(
+                    |p: &[Tensor<2>]| vec![k.clone().matmul(p[0].clone()) + p[0].clone().mul_scalar(damping)],
+                    vec![b.clone()],
+                    cg,
+                );
+                (beta.into_iter().next().unwrap(), Some(res), it)
+            };
+            let correction = back(blocks, &beta);
+            let direction = grads
+                .into_iter()
+                .zip(correction)
+                .map(|(g, c)| (g - c).div_scalar(damping))
+                .collect();
+            // U d = (U g − UUᵀ β) / λ.
+            let ud = (b - k.matmul(beta)).div_scalar(damping);
+            Solution {
+                direction,
+                ud,
+                residual,
+                iterations,
+            }
+        }
+        SolverKind::CgParam => {
+            let (direction, residual, iterations) = conjugate_gradient(
+                |p: &[Tensor<2>]| {
+                    back(blocks, &project(blocks, p))
+                        .into_iter()
+                        .zip(p)
+                        .map(|(fp, p)| fp + p.clone().mul_scalar(damping))
+                        .collect()
+                },
+                grads,
+                cg,
+            );
+            let ud = project(blocks, &direction);
+            Solution {
+                direction,
+                ud,
+                residual: Some(residual),
+                iterations,
+            }
+        }
+    }
+}
+
+/// `Σ_blocks sum(a ⊙ b)` as a `[1, 1]` tensor.
+fn dot(a: &[Tensor<2>], b: &[Tensor<2>]) -> Tensor<2> {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a.clone() * b.clone()).sum().reshape([1, 1]))
+        .reduce(|x, y| x + y)
+        .expect("at least one block")
+}
+
+/// Conjugate gradient for `A x = b` with `A` symmetric positive definite, starting at `x = 0`.
+/// Returns `x`, the relative residual `‖r‖/‖b‖` as a `[1]` tensor, and the iterations run.
+pub fn conjugate_gradient(
+    apply: impl Fn(&[Tensor<2>]) -> Vec<Tensor<2>>,
+    b: Vec<Tensor<2>>,
+    options: &CgOptions,
+) -> (Vec<Tensor<2>>, Tensor<1>, usize) {
+    let mut x: Vec<Tensor<2>> = b.iter().map(|t| t.zeros_like()).collect();
+    let bb = dot(&b, &b);
+    let mut r = b.clone();
+    let mut p = b;
+    let mut rr = bb.clone();
+    let mut iterations = 0;
+    let tol2 = options.tolerance * options.tolerance;
+    for i in 0..options.max_iters {
+        let ap = apply(&p);
+        let alpha = rr.clone().div(dot(&p, &ap).clamp_min(TINY));
+        for (xi, pi) in x.iter_mut().zip(&p) {
+            *xi = xi.clone() + pi.clone() * alpha.clone();
+        }
+        for (ri, api) in r.iter_mut().zip(ap) {
+            *ri = ri.clone() - api * alpha.clone();
+        }
+        let rr_new = dot(&r, &r);
+        iterations = i + 1;
+        if options.check_every > 0 && iterations % options.check_every == 0 {
+            let ratio = rr_new.clone().div(bb.clone().clamp_min(TINY)).into_scalar::<f64>();
+            if ratio <= tol2 || !ratio.is_finite() {
+                rr = rr_new;
+                break;
+            }
+        }
+        let beta = rr_new.clone().div(rr.clamp_min(TINY));
+        p = r
+            .iter()
+            .zip(p)
+            .map(|(ri, pi)| ri.clone() + pi * beta.clone())
+            .collect();
+        rr = rr_new;
+    }
+    let residual = rr.div(bb.clamp_min(TINY)).sqrt().reshape([1]);
+    (x, residual, iterations)
+}
+
+/// Solves `(K + λI) β = b` exactly: `K` and `b` are read to the host, factorised by Cholesky in
+/// `f64`, and `β` is sent back. A matrix that is not positive definite (it is, for λ > 0, unless
+/// the inputs are not finite) yields NaN, which the caller detects.
+pub fn gram_direct(k: &Tensor<2>, b: &Tensor<2>, damping: f64) -> Tensor<2> {
+    let m = b.dims()[0];
+    let device = b.device();
+    let kd: Vec<f64> = k.to_data().convert::<f64>().try_into_vec::<f64>().expect("float data");
+    let bd: Vec<f64> = b.to_data().convert::<f64>().try_into_vec::<f64>().expect("float data");
+    let beta = cholesky_solve(&kd, &bd, m, damping).unwrap_or_else(|| vec![f64::NAN; m]);
+    let beta: Vec<f32> = beta.into_iter().map(|v| v as f32).collect();
+    Tensor::from_data(TensorData::new(beta, [m, 1]), &device)
+}
+
+/// Solves `(A + λI) x = b` for a symmetric `m × m` row-major `A` by Cholesky; `None` if the
+/// matrix is not positive definite or not finite.
+pub fn cholesky_solve(a: &[f64], b: &[f64], m: usize, damping: f64) -> Option<Vec<f64>> {
+    let mut l = vec![0.0f64; m * m];
+    for i in 0..m {
+        for j in 0..=i {
+            let mut s = a[i * m + j] + if i == j { damping } else { 0.0 };
+            for p in 0..j {
+                s -= l[i * m + p] * l[j * m + p];
+            }
+            if i == j {
+                if !(s > 0.0) || !s.is_finite() {
+                    return None;
+                }
+                l[i * m + i] = s.sqrt();
+            } else {
+                l[i * m + j] = s / l[j * m + j];
+            }
+        }
+    }
+    // L y = b, then Lᵀ x = y.
+    let mut y = vec![0.0f64; m];
+    for i in 0..m {
+        let mut s = b[i];
+        for p in 0..i {
+            s -= l[i * m + p] * y[p];
+        }
+        y[i] = s / l[i * m + i];
+    }
+    let mut x = vec![0.0f64; m];
+    for i in (0..m).rev() {
+        let mut s = y[i];
+        for p in i + 1..m {
+            s -= l[p * m + i] * x[p];
+        }
+        x[i] = s / l[i * m + i];
+    }
+    Some(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cholesky_solves_a_small_spd_system() {
+        // A = [[4, 2], [2, 3]], λ = 1 -> [[5, 2], [2, 4]]; b = [1, 2] -> x = [0, 0.5].
+        let x = cholesky_solve(&[4.0, 2.0, 2.0, 3.0], &[1.0, 2.0], 2, 1.0).unwrap();
+        assert!((x[0] - 0.0).abs() < 1e-12 && (x[1] - 0.5).abs() < 1e-12, "{x:?}");
+    }
+
+    #[test]
+    fn cholesky_rejects_indefinite_and_nan() {
+        assert!(cholesky_solve(&[-1.0], &[1.0], 1, 0.5).is_none());
+        assert!(cholesky_solve(&[f64::NAN], &[1.0], 1, 0.5).is_none());
+    }
+}

@@ -1,0 +1,154 @@
+//! Shared helpers for burn-natgrad's integration tests: backends, a deterministic MLP, data.
+#![allow(dead_code)]
+
+use burn::module::{Module, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn_natgrad::Capture;
+
+/// The autodiff devices of every backend compiled in (cargo features `ndarray`, `flex`, `wgpu`).
+/// A wgpu build on a machine without an adapter prints why it is left out, and fails instead
+/// when `NATGRAD_REQUIRE_WGPU=1` (CI sets it, with Mesa's lavapipe installed).
+pub fn backends() -> Vec<(&'static str, Device)> {
+    #[allow(unused_mut)]
+    let mut out: Vec<(&'static str, Device)> = Vec::new();
+    #[cfg(feature = "ndarray")]
+    #[allow(deprecated)]
+    out.push(("ndarray", Device::ndarray().autodiff()));
+    #[cfg(feature = "flex")]
+    out.push(("flex", Device::flex().autodiff()));
+    #[cfg(feature = "wgpu")]
+    if let Some(device) = wgpu_device() {
+        out.push(("wgpu", device.autodiff()));
+    }
+    assert!(!out.is_empty(), "no backend feature enabled: build with ndarray, flex or wgpu");
+    out
+}
+
+/// The wgpu device, if an adapter answers.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_device() -> Option<Device> {
+    use std::sync::OnceLock;
+    static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
+    let probe = PROBE.get_or_init(|| {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let result = std::panic::catch_unwind(|| {
+            let device = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+            Tensor::<1>::ones([4], &device).sum().into_scalar::<f32>()
+        });
+        std::panic::set_hook(hook);
+        match result {
+            Ok(v) if v == 4.0 => Ok(()),
+            Ok(v) => Err(format!("the adapter computed 1+1+1+1 = {v}")),
+            Err(e) => Err(e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into())),
+        }
+    });
+    match probe {
+        Ok(()) => Some(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+        Err(why) => {
+            let msg = format!(
+                "wgpu: no usable adapter ({why}); install a Vulkan driver (CI: `apt-get install \
+                 mesa-vulkan-drivers libvulkan1` for lavapipe)"
+            );
+            if std::env::var("NATGRAD_REQUIRE_WGPU").as_deref() == Ok("1") {
+                panic!("{msg}, and NATGRAD_REQUIRE_WGPU=1 requires one");
+            }
+            eprintln!("{msg}: the wgpu backend is left out of this test");
+            None
+        }
+    }
+}
+
+/// Deterministic pseudo-random values in [-1, 1) (a 64-bit LCG), the same on every backend.
+pub fn values(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+pub fn tensor<const D: usize>(seed: u64, shape: [usize; D], scale: f32, device: &Device) -> Tensor<D> {
+    let n = shape.iter().product();
+    let v: Vec<f32> = values(seed, n).into_iter().map(|x| x * scale).collect();
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+pub fn labels(seed: u64, n: usize, classes: usize, device: &Device) -> Tensor<1, Int> {
+    let v: Vec<i64> = values(seed, n)
+        .into_iter()
+        .map(|x| (((x + 1.0) / 2.0 * classes as f32) as i64).min(classes as i64 - 1))
+        .collect();
+    Tensor::from_data(TensorData::new(v, [n]), device)
+}
+
+/// A ReLU MLP whose Linear layers are all captured.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub layers: Vec<Linear>,
+}
+
+impl Mlp {
+    /// Deterministic weights (seeded LCG), identical on every backend.
+    pub fn new(sizes: &[usize], bias: bool, seed: u64, device: &Device) -> Self {
+        let layers = sizes
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| {
+                let mut l = LinearConfig::new(w[0], w[1]).with_bias(bias).init(device);
+                let scale = 1.5 / (w[0] as f32).sqrt();
+                l.weight = Param::from_tensor(tensor(seed + 2 * i as u64, [w[0], w[1]], scale, device));
+                if bias {
+                    l.bias = Some(Param::from_tensor(tensor(seed + 2 * i as u64 + 1, [w[1]], 0.3, device)));
+                }
+                l
+            })
+            .collect();
+        Self { layers }
+    }
+
+    pub fn forward_with<const D: usize>(&self, x: Tensor<D>, capture: &mut Capture) -> Tensor<D> {
+        let last = self.layers.len() - 1;
+        self.layers.iter().enumerate().fold(x, |h, (i, layer)| {
+            let z = capture.linear(layer, h);
+            if i < last {
+                relu(z)
+            } else {
+                z
+            }
+        })
+    }
+
+    /// Logits `[N, C]` for `[N, in]` input.
+    pub fn logits2(&self, x: Tensor<2>, capture: &mut Capture) -> Tensor<2> {
+        self.forward_with(x, capture)
+    }
+
+    /// Logits `[N, C]` for sequence input `[N, T, in]`: the outputs averaged over `T`.
+    pub fn logits3(&self, x: Tensor<3>, capture: &mut Capture) -> Tensor<2> {
+        let out = self.forward_with(x, capture);
+        let [n, _, c] = out.dims();
+        out.mean_dim(1).reshape([n, c])
+    }
+}
+
+/// Host copy of a tensor as f64.
+pub fn host<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+    t.into_data().convert::<f64>().try_into_vec::<f64>().unwrap()
+}
+
+/// `max |a − b| / max |b|`.
+pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let num = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let den = b.iter().map(|y| y.abs()).fold(0.0, f64::max).max(1e-30);
+    num / den
+}

@@ -1,0 +1,100 @@
+//! Probe factors against the exact per-example loop (the oracle), on every backend.
+
+mod common;
+
+use burn_natgrad::factors::Factors;
+use burn_natgrad::{per_example_classification, Capture, NaturalGradientConfig};
+use common::*;
+
+fn check(bias: bool, sequence: bool) {
+    for (name, device) in backends() {
+        let model = Mlp::new(&[5, 7, 6, 4], bias, 11, &device);
+        let ng = NaturalGradientConfig::new().build();
+        let n = 8;
+        let y = labels(3, n, 4, &device);
+        let (probe, looped) = if sequence {
+            let x = tensor(5, [n, 3, 5], 1.0, &device);
+            let (mut cap, xc) = ng.capture(x.clone());
+            let logits = model.logits3(xc, &mut cap);
+            let probe = ng.try_classification(&model, cap, logits, y.clone()).unwrap();
+            let looped = per_example_classification(&ng, &model, x, y, |m: &Mlp, x| {
+                m.logits3(x, &mut Capture::disabled())
+            })
+            .unwrap();
+            (probe, looped)
+        } else {
+            let x = tensor(5, [n, 5], 1.0, &device);
+            let (mut cap, xc) = ng.capture(x.clone());
+            let logits = model.logits2(xc, &mut cap);
+            let probe = ng.try_classification(&model, cap, logits, y.clone()).unwrap();
+            let looped = per_example_classification(&ng, &model, x, y, |m: &Mlp, x| {
+                m.logits2(x, &mut Capture::disabled())
+            })
+            .unwrap();
+            (probe, looped)
+        };
+        let fp = Factors::from_grads(&model, &probe.grads).unwrap();
+        let fl = Factors::from_grads(&model, &looped.grads).unwrap();
+        let expected_blocks = if bias { 6 } else { 3 };
+        assert_eq!(fp.blocks.len(), expected_blocks, "{name}");
+        assert_eq!(fl.blocks.len(), expected_blocks, "{name}");
+        for (a, b) in fp.blocks.iter().zip(&fl.blocks) {
+            assert_eq!(a.path, b.path);
+            let rows = rel_err(&host(a.factors.dense_rows()), &host(b.factors.dense_rows()));
+            let grad = rel_err(&host(a.grad.clone()), &host(b.grad.clone()));
+            assert!(
+                rows <= 1e-5 && grad <= 1e-5,
+                "{name} bias={bias} seq={sequence} {}: per-example rows rel err {rows:e}, grad {grad:e}",
+                a.path
+            );
+        }
+        let loss = rel_err(&host(probe.loss.clone()), &host(looped.loss.clone()));
+        assert!(loss <= 1e-5, "{name}: loss rel err {loss:e}");
+    }
+}
+
+#[test]
+fn probe_matches_loop_2d_with_bias() {
+    check(true, false);
+}
+
+#[test]
+fn probe_matches_loop_2d_without_bias() {
+    check(false, false);
+}
+
+#[test]
+fn probe_matches_loop_3d_with_bias() {
+    check(true, true);
+}
+
+#[test]
+fn probe_matches_loop_3d_without_bias() {
+    check(false, true);
+}
+
+#[test]
+fn linear_factors_give_per_example_gradients() {
+    // The public LinearFactors view: N · xᵢᵀΔᵢ summed over i is N times the batch gradient.
+    for (name, device) in backends() {
+        let model = Mlp::new(&[3, 4], true, 2, &device);
+        let x = tensor(9, [6, 3], 1.0, &device);
+        let mut cap = Capture::new();
+        let logits = model.logits2(x, &mut cap);
+        let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(&logits.device())
+            .forward(logits, labels(1, 6, 4, &device));
+        let grads = loss.backward();
+        let batch_grad = model.layers[0].weight.val().grad(&grads).unwrap();
+        let factors = cap.into_factors(&grads).unwrap();
+        assert_eq!(factors.len(), 1);
+        let per_example = factors[0].per_example_weight_grads(6.0);
+        assert_eq!(per_example.dims(), [6, 3, 4]);
+        let mean = per_example.mean_dim(0).reshape([3, 4]);
+        let err = rel_err(&host(mean), &host(batch_grad));
+        assert!(err <= 1e-5, "{name}: {err:e}");
+        let bias = factors[0].per_example_bias_grads(6.0).mean_dim(0).reshape([4]);
+        let bias_grad = model.layers[0].bias.as_ref().unwrap().val().grad(&grads).unwrap();
+        assert!(rel_err(&host(bias), &host(bias_grad)) <= 1e-5, "{name}");
+    }
+}
