@@ -1,1 +1,289 @@
-fn main(){}
+//! The blog post's MNIST experiment (MLP 784-128-10, batch 128, 2 epochs) with burn-natgrad's
+//! natural gradient against tuned SGD and Adam, through Burn's Learner.
+//!
+//! ```text
+//! cargo run --release --example mnist -- --data-dir ../shared/data/mnist
+//! cargo run --release --example mnist -- --help
+//! ```
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use burn::optim::momentum::MomentumConfig;
+use burn::tensor::Device;
+use burn_natgrad::{FisherKind, NaturalGradientConfig, SolverKind};
+use clap::{Parser, ValueEnum};
+use natgrad_mnist::{plot, results_csv, results_table, run, MnistData, OptimizerSpec, RunOptions};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Opt {
+    Ngd,
+    Sgd,
+    Adam,
+    All,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Fisher {
+    Empirical,
+    Sampled,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Solver {
+    /// Exact Woodbury/Gram solve (N×N Cholesky).
+    Gram,
+    /// Conjugate gradient on the N×N Gram system.
+    #[value(alias = "cg")]
+    CgSample,
+    /// Conjugate gradient in parameter space (matrix-free Fisher products).
+    CgParam,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    #[cfg(feature = "ndarray")]
+    Ndarray,
+    #[cfg(feature = "flex")]
+    Flex,
+    #[cfg(feature = "wgpu")]
+    Wgpu,
+}
+
+/// Natural gradient vs SGD vs Adam on MNIST (MLP 784-H-10), through Burn's Learner.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Optimizers to run, one after another on the same data order and seed (repeatable).
+    #[arg(long = "optimizer", value_enum, default_values_t = [Opt::All])]
+    optimizers: Vec<Opt>,
+    /// Fisher of the natural gradient.
+    #[arg(long, value_enum, default_value_t = Fisher::Empirical)]
+    fisher: Fisher,
+    /// Labels sampled per example for `--fisher sampled`.
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// Solver of the natural gradient.
+    #[arg(long, value_enum, default_value_t = Solver::Gram)]
+    solver: Solver,
+    /// Tikhonov damping λ of the natural gradient.
+    #[arg(long, default_value_t = 3.0)]
+    damping: f64,
+    /// Learning rate of the natural gradient.
+    #[arg(long, default_value_t = 10.0)]
+    lr: f64,
+    /// KL trust region of the natural gradient (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    kl_max: f64,
+    /// Momentum of the natural gradient (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    momentum: f64,
+    /// Learning rate of SGD.
+    #[arg(long, default_value_t = 0.5)]
+    sgd_lr: f64,
+    /// Learning rate of Adam.
+    #[arg(long, default_value_t = 1e-3)]
+    adam_lr: f64,
+    /// Epochs.
+    #[arg(long, default_value_t = 2)]
+    epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Hidden width.
+    #[arg(long, default_value_t = 128)]
+    hidden: usize,
+    /// Backend (those compiled in, by cargo feature).
+    #[arg(long, value_enum, default_value_t = default_backend())]
+    backend: Backend,
+    /// Folder with the four MNIST IDX files, gzipped or raw; default: burn-dataset's
+    /// MnistDataset (downloads once into its cache).
+    #[arg(long, env = "MNIST_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Train on the first N training examples only.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Seed of the initial weights and the data order.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Output folder: results.csv, curves.svg, checkpoints.
+    #[arg(long, default_value = "target/mnist")]
+    out: PathBuf,
+    /// Run the learning-rate grids for one epoch each and print them (sweep.csv), instead of
+    /// the comparison.
+    #[arg(long)]
+    sweep: bool,
+}
+
+fn default_backend() -> Backend {
+    #[cfg(feature = "ndarray")]
+    return Backend::Ndarray;
+    #[allow(unreachable_code)]
+    #[cfg(feature = "flex")]
+    return Backend::Flex;
+    #[allow(unreachable_code)]
+    #[cfg(feature = "wgpu")]
+    return Backend::Wgpu;
+}
+
+fn device(backend: Backend) -> Device {
+    match backend {
+        #[cfg(feature = "ndarray")]
+        #[allow(deprecated)]
+        Backend::Ndarray => Device::ndarray(),
+        #[cfg(feature = "flex")]
+        Backend::Flex => Device::flex(),
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+    }
+    .autodiff()
+}
+
+fn ngd_config(args: &Args, lr: f64, damping: f64) -> OptimizerSpec {
+    let mut config = NaturalGradientConfig::new()
+        .with_fisher(match args.fisher {
+            Fisher::Empirical => FisherKind::Empirical,
+            Fisher::Sampled => FisherKind::Sampled { samples: args.samples },
+        })
+        .with_solver(match args.solver {
+            Solver::Gram => SolverKind::Gram,
+            Solver::CgSample => SolverKind::CgSample,
+            Solver::CgParam => SolverKind::CgParam,
+        })
+        .with_damping(damping)
+        .with_kl_max((args.kl_max > 0.0).then_some(args.kl_max));
+    if args.momentum > 0.0 {
+        config = config.with_momentum(Some(MomentumConfig::new().with_momentum(args.momentum).with_dampening(0.0)));
+    }
+    OptimizerSpec::Ngd { config, lr }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let data = match &args.data_dir {
+        Some(dir) => MnistData::from_dir(dir),
+        None => MnistData::from_burn_dataset(),
+    };
+    let data = match data {
+        Ok(d) => d.limit_train(args.limit),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if data.train.is_empty() {
+        eprintln!("error: no training examples (--limit 0?)");
+        return ExitCode::from(2);
+    }
+    let ngd = ngd_config(&args, args.lr, args.damping);
+    if let OptimizerSpec::Ngd { config, .. } = &ngd {
+        if let Err(e) = config.validate() {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let options = RunOptions {
+        epochs: if args.sweep { 1 } else { args.epochs },
+        batch_size: args.batch_size,
+        hidden: args.hidden,
+        seed: args.seed,
+        device: device(args.backend),
+        progress_bar: std::io::stdout().is_terminal(),
+        quiet: false,
+    };
+    let all = args.optimizers.contains(&Opt::All);
+    let wants = |o: Opt| all || args.optimizers.contains(&o);
+    let specs: Vec<OptimizerSpec> = if args.sweep {
+        let mut s = Vec::new();
+        if wants(Opt::Ngd) {
+            for (lr, damping) in [(3.0, 1.0), (10.0, 3.0), (10.0, 1.0), (30.0, 10.0), (20.0, 3.0)] {
+                s.push(ngd_config(&args, lr, damping));
+            }
+        }
+        if wants(Opt::Sgd) {
+            s.extend([0.03, 0.1, 0.3, 0.5, 1.0].map(|lr| OptimizerSpec::Sgd { lr }));
+        }
+        if wants(Opt::Adam) {
+            s.extend([3e-4, 1e-3, 3e-3].map(|lr| OptimizerSpec::Adam { lr }));
+        }
+        s
+    } else {
+        let mut s = Vec::new();
+        if wants(Opt::Ngd) {
+            s.push(ngd);
+        }
+        if wants(Opt::Sgd) {
+            s.push(OptimizerSpec::Sgd { lr: args.sgd_lr });
+        }
+        if wants(Opt::Adam) {
+            s.push(OptimizerSpec::Adam { lr: args.adam_lr });
+        }
+        s
+    };
+    if let Err(e) = std::fs::create_dir_all(&args.out) {
+        eprintln!("error: cannot create {}: {e}", args.out.display());
+        return ExitCode::from(2);
+    }
+    println!(
+        "MNIST: {} train / {} test examples, MLP 784-{}-10, batch {}, {} epoch(s), backend {:?}",
+        data.train.len(),
+        data.test.len(),
+        args.hidden,
+        args.batch_size,
+        options.epochs,
+        args.backend
+    );
+    let mut results = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        println!("== {} ({})", spec.name(), spec.describe());
+        let dir = args.out.join("runs").join(format!("{i}-{}", spec.name()));
+        let result = run(spec, &data, &options, &dir);
+        let accs: Vec<String> = result.epochs.iter().map(|e| format!("{:.2}%", 100.0 * e.test_accuracy)).collect();
+        println!("   test accuracy per epoch: {}", accs.join(", "));
+        if result.skipped_steps > 0 {
+            println!("   {} natural-gradient steps skipped (non-finite)", result.skipped_steps);
+        }
+        results.push(result);
+    }
+    let table = results_table(&results);
+    println!("\n{table}");
+    let (csv_name, plot_name) = if args.sweep {
+        ("sweep.csv", "sweep.svg")
+    } else {
+        ("results.csv", "curves.svg")
+    };
+    let csv_path = args.out.join(csv_name);
+    if let Err(e) = std::fs::write(&csv_path, results_csv(&results)) {
+        eprintln!("error: cannot write {}: {e}", csv_path.display());
+        return ExitCode::from(1);
+    }
+    let plot_path = args.out.join(plot_name);
+    let title = format!(
+        "MNIST, MLP 784-{}-10, batch {}, {} train examples",
+        args.hidden,
+        args.batch_size,
+        data.train.len()
+    );
+    if let Err(e) = plot::draw(&results, &title, &plot_path) {
+        eprintln!("error: cannot draw {}: {e}", plot_path.display());
+        return ExitCode::from(1);
+    }
+    if args.sweep {
+        for name in ["ngd-empirical", "ngd-sampled", "sgd", "adam"] {
+            if let Some(best) = results
+                .iter()
+                .filter(|r| r.spec.name() == name)
+                .max_by(|a, b| a.epochs[0].test_accuracy.total_cmp(&b.epochs[0].test_accuracy))
+            {
+                println!(
+                    "best {name}: {} ({:.2}% after epoch 1)",
+                    best.spec.describe(),
+                    100.0 * best.epochs[0].test_accuracy
+                );
+            }
+        }
+    }
+    println!("wrote {} and {}", csv_path.display(), plot_path.display());
+    ExitCode::SUCCESS
+}

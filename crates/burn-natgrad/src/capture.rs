@@ -210,7 +210,8 @@ impl Capture {
                         )));
                     }
                     layer.input = Tensor::cat(vec![layer.input.clone(), record.input], 1);
-                    layer.output_grad = Tensor::cat(vec![layer.output_grad.clone(), output_grad], 1);
+                    layer.output_grad =
+                        Tensor::cat(vec![layer.output_grad.clone(), output_grad], 1);
                 }
                 None => layers.push(LinearFactors {
                     weight: record.weight,

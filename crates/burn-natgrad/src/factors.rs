@@ -38,6 +38,8 @@ pub(crate) fn derived_id(id: ParamId, tag: u64) -> ParamId {
 }
 
 /// Per-example factors of one parameter tensor, scaled so that its Fisher block is `UᵀU`.
+// Two tensor handles against one: not worth a Box on this cold path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum BlockFactors {
     /// A Linear weight `[in, out]`: `input` is `[M, T, in]`, `output_grad` is `[M, T, out]`, and
@@ -76,9 +78,7 @@ impl BlockFactors {
     /// otherwise.
     pub fn view_dims(&self) -> [usize; 2] {
         match self {
-            BlockFactors::Weight { input, output_grad } => {
-                [input.dims()[2], output_grad.dims()[2]]
-            }
+            BlockFactors::Weight { input, output_grad } => [input.dims()[2], output_grad.dims()[2]],
             BlockFactors::Bias { output_grad } => [1, output_grad.dims()[1]],
             BlockFactors::Dense { rows } => [1, rows.dims()[1]],
         }
@@ -167,8 +167,8 @@ impl BlockFactors {
                 let [m, t, d_in] = input.dims();
                 let d_out = output_grad.dims()[2];
                 let x = input.clone().reshape([m * t, d_in]);
-                let weighted =
-                    (output_grad.clone() * alpha.clone().reshape([m, 1, 1])).reshape([m * t, d_out]);
+                let weighted = (output_grad.clone() * alpha.clone().reshape([m, 1, 1]))
+                    .reshape([m * t, d_out]);
                 x.transpose().matmul(weighted)
             }
             BlockFactors::Bias { output_grad: rows } | BlockFactors::Dense { rows } => {
@@ -255,7 +255,10 @@ impl Factors {
     ///
     /// Errors: no factors at all ([`NatGradError::MissingFactors`]), parameters with gradients but
     /// no factors ([`NatGradError::UncapturedParameters`]), or blocks whose row counts differ.
-    pub fn from_grads<M: Module>(module: &M, grads: &GradientsParams) -> Result<Self, NatGradError> {
+    pub fn from_grads<M: Module>(
+        module: &M,
+        grads: &GradientsParams,
+    ) -> Result<Self, NatGradError> {
         let mut collector = Collector {
             grads,
             path: Vec::new(),
@@ -301,7 +304,10 @@ impl Factors {
 
     /// Total number of parameters covered.
     pub fn num_params(&self) -> usize {
-        self.blocks.iter().map(|b| b.dims.iter().product::<usize>()).sum()
+        self.blocks
+            .iter()
+            .map(|b| b.dims.iter().product::<usize>())
+            .sum()
     }
 
     /// Splits the blocks by module (layer), in module order, for the block-diagonal Fisher.
@@ -349,7 +355,8 @@ impl ModuleVisitor for Collector<'_> {
                 let view = factors.view_dims();
                 let numel: usize = dims.iter().product();
                 if numel != view[0] * view[1] {
-                    self.orphans.push(format!("{path} (shape {dims:?} vs factors {view:?})"));
+                    self.orphans
+                        .push(format!("{path} (shape {dims:?} vs factors {view:?})"));
                     return;
                 }
                 self.blocks.push(Block {

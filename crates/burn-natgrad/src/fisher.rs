@@ -76,7 +76,10 @@ pub(crate) fn check_targets(
         )));
     }
     let range = Tensor::cat(
-        vec![targets.clone().min().reshape([1]), targets.clone().max().reshape([1])],
+        vec![
+            targets.clone().min().reshape([1]),
+            targets.clone().max().reshape([1]),
+        ],
         0,
     )
     .into_data()
@@ -93,14 +96,21 @@ pub(crate) fn check_targets(
 
 /// Labels for all `copies` of the batch: the data labels, then `k` labels per example drawn
 /// from `softmax(logits)` of the first copy (detached).
-pub(crate) fn labels_for(kind: FisherKind, logits: &Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1, Int> {
+pub(crate) fn labels_for(
+    kind: FisherKind,
+    logits: &Tensor<2>,
+    targets: Tensor<1, Int>,
+) -> Tensor<1, Int> {
     match kind {
         FisherKind::Empirical => targets,
         FisherKind::Sampled { samples } => {
             let n = targets.dims()[0];
             let probs = softmax(logits.clone().slice(0..n).inner(), 1);
             // [n, k] -> copy-major [k * n]: copy s holds every example's s-th draw.
-            let drawn = probs.categorical(samples).transpose().reshape([samples * n]);
+            let drawn = probs
+                .categorical(samples)
+                .transpose()
+                .reshape([samples * n]);
             Tensor::cat(vec![targets, drawn.to_device(&logits.device())], 0)
         }
     }

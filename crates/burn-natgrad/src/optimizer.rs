@@ -18,11 +18,13 @@
 use std::sync::{Arc, Mutex};
 
 use burn::config::Config;
+use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, LearningRate, ModuleOptimizer, Optimizer, Sgd, SgdConfig, SgdState};
-use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::optim::{
+    GradientsParams, LearningRate, ModuleOptimizer, Optimizer, Sgd, SgdConfig, SgdState,
+};
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::capture::Capture;
@@ -101,7 +103,10 @@ impl NaturalGradientConfig {
             check_positive("cg_tolerance", self.cg_tolerance)?;
         }
         if let Some(m) = &self.momentum {
-            for (field, v) in [("momentum.momentum", m.momentum), ("momentum.dampening", m.dampening)] {
+            for (field, v) in [
+                ("momentum.momentum", m.momentum),
+                ("momentum.dampening", m.dampening),
+            ] {
                 if !v.is_finite() || !(0.0..=1.0).contains(&v) {
                     return Err(NatGradError::InvalidConfig {
                         field,
@@ -323,7 +328,11 @@ impl NaturalGradient {
                 let [_, t, d_in] = layer.input.dims();
                 let d_out = layer.output_grad.dims()[2];
                 let x = layer.input.clone().slice(0..n).reshape([n * t, d_in]);
-                let g = layer.output_grad.clone().slice(0..n).reshape([n * t, d_out]);
+                let g = layer
+                    .output_grad
+                    .clone()
+                    .slice(0..n)
+                    .reshape([n * t, d_out]);
                 grads.register(layer.weight, x.transpose().matmul(g.clone()));
                 if let Some(bias) = layer.bias {
                     grads.register(bias, g.sum_dim(0).reshape([d_out]));
@@ -399,7 +408,10 @@ impl NaturalGradient {
             .map(|d| d.clone().sum())
             .reduce(|a, b| a + b)
             .expect("at least one block");
-        let mut read = vec![quadratic.expect("at least one group"), probe.mul_scalar(0.0)];
+        let mut read = vec![
+            quadratic.expect("at least one group"),
+            probe.mul_scalar(0.0),
+        ];
         if let Some(r) = residual.clone() {
             read.push(r);
         }
@@ -498,7 +510,10 @@ fn register_shaped(out: &mut GradientsParams, id: ParamId, d: Tensor<2>, dims: &
 }
 
 /// `(id, path)` of every float parameter of `module` that has a gradient in `grads`.
-pub(crate) fn params_with_grads<M: Module>(module: &M, grads: &GradientsParams) -> Vec<(ParamId, String)> {
+pub(crate) fn params_with_grads<M: Module>(
+    module: &M,
+    grads: &GradientsParams,
+) -> Vec<(ParamId, String)> {
     struct V<'a> {
         grads: &'a GradientsParams,
         path: Vec<String>,

@@ -106,7 +106,11 @@ where
         if let FisherKind::Sampled { samples } = kind {
             let drawn = softmax(logits.inner(), 1).categorical(samples);
             for s in 0..samples {
-                let label = drawn.clone().narrow(1, s, 1).reshape([1]).to_device(&x.device());
+                let label = drawn
+                    .clone()
+                    .narrow(1, s, 1)
+                    .reshape([1])
+                    .to_device(&x.device());
                 let loss = cross_entropy_rows(forward(model, x.clone()), label).reshape([1]);
                 let source = GradientsParams::from_grads(loss.backward(), model);
                 model.visit(&mut Collect {

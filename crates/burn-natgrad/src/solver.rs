@@ -69,7 +69,9 @@ pub fn solve(blocks: &[&Block], kind: SolverKind, damping: f64, cg: &CgOptions) 
                 (gram_direct(&k, &b, damping), None, 0)
             } else {
                 let (beta, res, it) = conjugate_gradient(
-                    |p: &[Tensor<2>]| vec![k.clone().matmul(p[0].clone()) + p[0].clone().mul_scalar(damping)],
+                    |p: &[Tensor<2>]| {
+                        vec![k.clone().matmul(p[0].clone()) + p[0].clone().mul_scalar(damping)]
+                    },
                     vec![b.clone()],
                     cg,
                 );
@@ -148,7 +150,10 @@ pub fn conjugate_gradient(
         let rr_new = dot(&r, &r);
         iterations = i + 1;
         if options.check_every > 0 && iterations % options.check_every == 0 {
-            let ratio = rr_new.clone().div(bb.clone().clamp_min(TINY)).into_scalar::<f64>();
+            let ratio = rr_new
+                .clone()
+                .div(bb.clone().clamp_min(TINY))
+                .into_scalar::<f64>();
             if ratio <= tol2 || !ratio.is_finite() {
                 rr = rr_new;
                 break;
@@ -172,8 +177,16 @@ pub fn conjugate_gradient(
 pub fn gram_direct(k: &Tensor<2>, b: &Tensor<2>, damping: f64) -> Tensor<2> {
     let m = b.dims()[0];
     let device = b.device();
-    let kd: Vec<f64> = k.to_data().convert::<f64>().try_into_vec::<f64>().expect("float data");
-    let bd: Vec<f64> = b.to_data().convert::<f64>().try_into_vec::<f64>().expect("float data");
+    let kd: Vec<f64> = k
+        .to_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .expect("float data");
+    let bd: Vec<f64> = b
+        .to_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .expect("float data");
     let beta = cholesky_solve(&kd, &bd, m, damping).unwrap_or_else(|| vec![f64::NAN; m]);
     let beta: Vec<f32> = beta.into_iter().map(|v| v as f32).collect();
     Tensor::from_data(TensorData::new(beta, [m, 1]), &device)
@@ -190,7 +203,7 @@ pub fn cholesky_solve(a: &[f64], b: &[f64], m: usize, damping: f64) -> Option<Ve
                 s -= l[i * m + p] * l[j * m + p];
             }
             if i == j {
-                if !(s > 0.0) || !s.is_finite() {
+                if s.is_nan() || s <= 0.0 || s.is_infinite() {
                     return None;
                 }
                 l[i * m + i] = s.sqrt();
@@ -227,7 +240,10 @@ mod tests {
     fn cholesky_solves_a_small_spd_system() {
         // A = [[4, 2], [2, 3]], λ = 1 -> [[5, 2], [2, 4]]; b = [1, 2] -> x = [0, 0.5].
         let x = cholesky_solve(&[4.0, 2.0, 2.0, 3.0], &[1.0, 2.0], 2, 1.0).unwrap();
-        assert!((x[0] - 0.0).abs() < 1e-12 && (x[1] - 0.5).abs() < 1e-12, "{x:?}");
+        assert!(
+            (x[0] - 0.0).abs() < 1e-12 && (x[1] - 0.5).abs() < 1e-12,
+            "{x:?}"
+        );
     }
 
     #[test]

@@ -16,7 +16,9 @@ fn check(bias: bool, sequence: bool) {
             let x = tensor(5, [n, 3, 5], 1.0, &device);
             let (mut cap, xc) = ng.capture(x.clone());
             let logits = model.logits3(xc, &mut cap);
-            let probe = ng.try_classification(&model, cap, logits, y.clone()).unwrap();
+            let probe = ng
+                .try_classification(&model, cap, logits, y.clone())
+                .unwrap();
             let looped = per_example_classification(&ng, &model, x, y, |m: &Mlp, x| {
                 m.logits3(x, &mut Capture::disabled())
             })
@@ -26,7 +28,9 @@ fn check(bias: bool, sequence: bool) {
             let x = tensor(5, [n, 5], 1.0, &device);
             let (mut cap, xc) = ng.capture(x.clone());
             let logits = model.logits2(xc, &mut cap);
-            let probe = ng.try_classification(&model, cap, logits, y.clone()).unwrap();
+            let probe = ng
+                .try_classification(&model, cap, logits, y.clone())
+                .unwrap();
             let looped = per_example_classification(&ng, &model, x, y, |m: &Mlp, x| {
                 m.logits2(x, &mut Capture::disabled())
             })
@@ -93,8 +97,17 @@ fn linear_factors_give_per_example_gradients() {
         let mean = per_example.mean_dim(0).reshape([3, 4]);
         let err = rel_err(&host(mean), &host(batch_grad));
         assert!(err <= 1e-5, "{name}: {err:e}");
-        let bias = factors[0].per_example_bias_grads(6.0).mean_dim(0).reshape([4]);
-        let bias_grad = model.layers[0].bias.as_ref().unwrap().val().grad(&grads).unwrap();
+        let bias = factors[0]
+            .per_example_bias_grads(6.0)
+            .mean_dim(0)
+            .reshape([4]);
+        let bias_grad = model.layers[0]
+            .bias
+            .as_ref()
+            .unwrap()
+            .val()
+            .grad(&grads)
+            .unwrap();
         assert!(rel_err(&host(bias), &host(bias_grad)) <= 1e-5, "{name}");
     }
 }

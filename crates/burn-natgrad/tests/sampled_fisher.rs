@@ -37,7 +37,11 @@ fn sampled_fisher_expectation_matches_exact_fisher() {
         let mut exact = vec![0.0; p_dim * p_dim];
         for i in 0..n {
             let z: Vec<f64> = (0..c)
-                .map(|o| b[o] + (0..d_in).map(|a| xs[i * d_in + a] * w[a * c + o]).sum::<f64>())
+                .map(|o| {
+                    b[o] + (0..d_in)
+                        .map(|a| xs[i * d_in + a] * w[a * c + o])
+                        .sum::<f64>()
+                })
                 .collect();
             let zmax = z.iter().cloned().fold(f64::MIN, f64::max);
             let e: Vec<f64> = z.iter().map(|v| (v - zmax).exp()).collect();
@@ -47,9 +51,7 @@ fn sampled_fisher_expectation_matches_exact_fisher() {
                 let delta: Vec<f64> = (0..c).map(|o| p[o] - f64::from(o == label)).collect();
                 let mut u = Vec::with_capacity(p_dim);
                 for a in 0..d_in {
-                    for o in 0..c {
-                        u.push(xs[i * d_in + a] * delta[o]);
-                    }
+                    u.extend(delta.iter().map(|d| xs[i * d_in + a] * d));
                 }
                 u.extend(&delta);
                 for r in 0..p_dim {
@@ -65,7 +67,9 @@ fn sampled_fisher_expectation_matches_exact_fisher() {
             device.seed(1234);
             let (mut cap, xc) = ng.capture(x.clone());
             let logits = model.logits2(xc, &mut cap);
-            let out = ng.try_classification(&model, cap, logits, y.clone()).unwrap();
+            let out = ng
+                .try_classification(&model, cap, logits, y.clone())
+                .unwrap();
             let factors = Factors::from_grads(&model, &out.grads).unwrap();
             let blocks: Vec<&Block> = factors.blocks.iter().collect();
             host(dense_fisher(&blocks))
@@ -75,7 +79,13 @@ fn sampled_fisher_expectation_matches_exact_fisher() {
         let err = frob_rel(&sampled, &exact);
         let emp_err = frob_rel(&empirical, &exact);
         println!("{name}: sampled rel err {err:.4}, empirical rel err {emp_err:.4}");
-        assert!(err <= 0.05, "{name}: sampled Fisher rel Frobenius error {err:.4} > 0.05");
-        assert!(emp_err > 0.2, "{name}: empirical Fisher too close to exact ({emp_err:.4})");
+        assert!(
+            err <= 0.05,
+            "{name}: sampled Fisher rel Frobenius error {err:.4} > 0.05"
+        );
+        assert!(
+            emp_err > 0.2,
+            "{name}: empirical Fisher too close to exact ({emp_err:.4})"
+        );
     }
 }

@@ -19,7 +19,9 @@ fn captured(fisher: FisherKind, device: &burn::tensor::Device) -> (Mlp, NaturalG
     device.seed(7);
     let (mut cap, x) = ng.capture(tensor(4, [8, 4], 1.0, device));
     let logits = model.logits2(x, &mut cap);
-    let out = ng.try_classification(&model, cap, logits, labels(8, 8, 3, device)).unwrap();
+    let out = ng
+        .try_classification(&model, cap, logits, labels(8, 8, 3, device))
+        .unwrap();
     (model, out)
 }
 
@@ -74,7 +76,10 @@ fn check(fisher: FisherKind, block_diagonal: bool) {
             let pre = ng.precondition(&model, 1.0, &out.grads).unwrap();
             let dirs = pre.directions.expect("finite step");
             let mut got = Vec::new();
-            model.visit(&mut Gather { grads: &dirs, out: &mut got });
+            model.visit(&mut Gather {
+                grads: &dirs,
+                out: &mut got,
+            });
             let err = rel_err(&got, &expected);
             assert!(
                 err <= 1e-4,
@@ -92,8 +97,12 @@ struct Gather<'a> {
 }
 
 impl burn::module::ModuleVisitor for Gather<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<D>>) {
-        self.out.extend(host(self.grads.get::<D>(param.id).unwrap()));
+    fn visit_float<const D: usize>(
+        &mut self,
+        param: &burn::module::Param<burn::tensor::Tensor<D>>,
+    ) {
+        self.out
+            .extend(host(self.grads.get::<D>(param.id).unwrap()));
     }
 }
 
@@ -119,10 +128,20 @@ fn damping_dominated_direction_is_scaled_gradient() {
     for (name, device) in backends() {
         let (model, out) = captured(FisherKind::Empirical, &device);
         let ng = NaturalGradientConfig::new().with_damping(1e4).build();
-        let dirs = ng.precondition(&model, 1.0, &out.grads).unwrap().directions.unwrap();
+        let dirs = ng
+            .precondition(&model, 1.0, &out.grads)
+            .unwrap()
+            .directions
+            .unwrap();
         let (mut got, mut grad) = (Vec::new(), Vec::new());
-        model.visit(&mut Gather { grads: &dirs, out: &mut got });
-        model.visit(&mut Gather { grads: &out.grads, out: &mut grad });
+        model.visit(&mut Gather {
+            grads: &dirs,
+            out: &mut got,
+        });
+        model.visit(&mut Gather {
+            grads: &out.grads,
+            out: &mut grad,
+        });
         let scaled: Vec<f64> = grad.iter().map(|g| g / 1e4).collect();
         assert!(rel_err(&got, &scaled) < 1e-3, "{name}");
     }

@@ -22,7 +22,10 @@ pub fn backends() -> Vec<(&'static str, Device)> {
     if let Some(device) = wgpu_device() {
         out.push(("wgpu", device.autodiff()));
     }
-    assert!(!out.is_empty(), "no backend feature enabled: build with ndarray, flex or wgpu");
+    assert!(
+        !out.is_empty(),
+        "no backend feature enabled: build with ndarray, flex or wgpu"
+    );
     out
 }
 
@@ -40,7 +43,7 @@ pub fn wgpu_device() -> Option<Device> {
         });
         std::panic::set_hook(hook);
         match result {
-            Ok(v) if v == 4.0 => Ok(()),
+            Ok(4.0) => Ok(()),
             Ok(v) => Err(format!("the adapter computed 1+1+1+1 = {v}")),
             Err(e) => Err(e
                 .downcast_ref::<String>()
@@ -67,16 +70,25 @@ pub fn wgpu_device() -> Option<Device> {
 
 /// Deterministic pseudo-random values in [-1, 1) (a 64-bit LCG), the same on every backend.
 pub fn values(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
 }
 
-pub fn tensor<const D: usize>(seed: u64, shape: [usize; D], scale: f32, device: &Device) -> Tensor<D> {
+pub fn tensor<const D: usize>(
+    seed: u64,
+    shape: [usize; D],
+    scale: f32,
+    device: &Device,
+) -> Tensor<D> {
     let n = shape.iter().product();
     let v: Vec<f32> = values(seed, n).into_iter().map(|x| x * scale).collect();
     Tensor::from_data(TensorData::new(v, shape), device)
@@ -105,9 +117,15 @@ impl Mlp {
             .map(|(i, w)| {
                 let mut l = LinearConfig::new(w[0], w[1]).with_bias(bias).init(device);
                 let scale = 1.5 / (w[0] as f32).sqrt();
-                l.weight = Param::from_tensor(tensor(seed + 2 * i as u64, [w[0], w[1]], scale, device));
+                l.weight =
+                    Param::from_tensor(tensor(seed + 2 * i as u64, [w[0], w[1]], scale, device));
                 if bias {
-                    l.bias = Some(Param::from_tensor(tensor(seed + 2 * i as u64 + 1, [w[1]], 0.3, device)));
+                    l.bias = Some(Param::from_tensor(tensor(
+                        seed + 2 * i as u64 + 1,
+                        [w[1]],
+                        0.3,
+                        device,
+                    )));
                 }
                 l
             })
@@ -142,13 +160,20 @@ impl Mlp {
 
 /// Host copy of a tensor as f64.
 pub fn host<const D: usize>(t: Tensor<D>) -> Vec<f64> {
-    t.into_data().convert::<f64>().try_into_vec::<f64>().unwrap()
+    t.into_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .unwrap()
 }
 
 /// `max |a − b| / max |b|`.
 pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    let num = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let num = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
     let den = b.iter().map(|y| y.abs()).fold(0.0, f64::max).max(1e-30);
     num / den
 }

@@ -1,0 +1,67 @@
+//! The same inputs give the same natural-gradient directions on every compiled backend.
+
+mod common;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+use burn_natgrad::{FisherKind, NaturalGradientConfig, SolverKind};
+use common::*;
+
+struct Gather<'a> {
+    grads: &'a GradientsParams,
+    out: &'a mut Vec<f64>,
+}
+
+impl ModuleVisitor for Gather<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.out
+            .extend(host(self.grads.get::<D>(param.id).unwrap()));
+    }
+}
+
+fn directions(device: &burn::tensor::Device, solver: SolverKind) -> Vec<f64> {
+    let model = Mlp::new(&[6, 8, 4], true, 50, device);
+    let ng = NaturalGradientConfig::new()
+        .with_fisher(FisherKind::Empirical)
+        .with_solver(solver)
+        .with_damping(0.1)
+        .with_cg_max_iters(100)
+        .with_cg_tolerance(1e-8)
+        .build();
+    let (mut cap, x) = ng.capture(tensor(51, [16, 6], 1.0, device));
+    let logits = model.logits2(x, &mut cap);
+    let out = ng.classification(&model, cap, logits, labels(52, 16, 4, device));
+    let dirs = ng
+        .precondition(&model, 0.1, &out.grads)
+        .unwrap()
+        .directions
+        .unwrap();
+    let mut v = Vec::new();
+    model.visit(&mut Gather {
+        grads: &dirs,
+        out: &mut v,
+    });
+    v
+}
+
+#[test]
+fn backends_agree_on_directions() {
+    let all = backends();
+    println!(
+        "backends: {:?}",
+        all.iter().map(|(n, _)| *n).collect::<Vec<_>>()
+    );
+    for solver in [SolverKind::Gram, SolverKind::CgSample, SolverKind::CgParam] {
+        let (ref_name, ref_device) = &all[0];
+        let reference = directions(ref_device, solver);
+        for (name, device) in &all[1..] {
+            let err = rel_err(&directions(device, solver), &reference);
+            println!("{solver:?}: {name} vs {ref_name}: rel err {err:e}");
+            assert!(
+                err <= 1e-4,
+                "{solver:?}: {name} vs {ref_name}: rel err {err:e}"
+            );
+        }
+    }
+}

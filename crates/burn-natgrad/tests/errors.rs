@@ -1,0 +1,253 @@
+//! Every bad input gets a clear error that says what to change, and loses nothing.
+
+mod common;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::Tensor;
+use burn_natgrad::{Capture, FisherKind, NatGradError, NaturalGradientConfig, SolverKind};
+use common::*;
+
+fn panic_message(f: impl FnOnce()) -> String {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let err = catch_unwind(AssertUnwindSafe(f)).expect_err("expected a panic");
+    std::panic::set_hook(hook);
+    err.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+fn config_error(config: NaturalGradientConfig) -> String {
+    config
+        .try_build()
+        .expect_err("invalid config accepted")
+        .to_string()
+}
+
+#[test]
+fn invalid_configs_are_rejected_before_training() {
+    for damping in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let msg = config_error(NaturalGradientConfig::new().with_damping(damping));
+        assert!(msg.contains("`damping`") && msg.contains("> 0"), "{msg}");
+    }
+    for kl in [0.0, -0.5, f64::NAN] {
+        let msg = config_error(NaturalGradientConfig::new().with_kl_max(Some(kl)));
+        assert!(msg.contains("`kl_max`"), "{msg}");
+    }
+    let msg =
+        config_error(NaturalGradientConfig::new().with_fisher(FisherKind::Sampled { samples: 0 }));
+    assert!(
+        msg.contains("`fisher`") && msg.contains("at least one sample"),
+        "{msg}"
+    );
+    for solver in [SolverKind::CgSample, SolverKind::CgParam] {
+        let msg = config_error(
+            NaturalGradientConfig::new()
+                .with_solver(solver)
+                .with_cg_max_iters(0),
+        );
+        assert!(msg.contains("`cg_max_iters`"), "{msg}");
+        let msg = config_error(
+            NaturalGradientConfig::new()
+                .with_solver(solver)
+                .with_cg_tolerance(f64::NAN),
+        );
+        assert!(msg.contains("`cg_tolerance`"), "{msg}");
+    }
+    let msg = config_error(NaturalGradientConfig::new().with_momentum(Some(
+        burn::optim::momentum::MomentumConfig::new().with_momentum(f64::NAN),
+    )));
+    assert!(msg.contains("`momentum.momentum`"), "{msg}");
+    let msg = config_error(
+        NaturalGradientConfig::new()
+            .with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(-1.0))),
+    );
+    assert!(msg.contains("`weight_decay.penalty`"), "{msg}");
+    // build() and init() panic with the same message.
+    let msg = panic_message(|| {
+        NaturalGradientConfig::new().with_damping(0.0).init();
+    });
+    assert!(msg.contains("`damping`"), "{msg}");
+}
+
+#[test]
+fn gradients_without_factors_say_what_to_change() {
+    for (name, device) in backends() {
+        let model = Mlp::new(&[4, 3], true, 1, &device);
+        let ng = NaturalGradientConfig::new().build();
+        let logits = model.logits2(tensor(1, [6, 4], 1.0, &device), &mut Capture::disabled());
+        let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(logits, labels(2, 6, 3, &device));
+        let plain = GradientsParams::from_grads(loss.backward(), &model);
+        let err = ng.precondition(&model, 0.1, &plain).unwrap_err();
+        assert_eq!(err, NatGradError::MissingFactors, "{name}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("grads_accumulation") && msg.contains("one device"),
+            "{msg}"
+        );
+
+        // What gradient accumulation hands to optimize: the factors are gone.
+        let (mut cap, x) = ng.capture(tensor(1, [6, 4], 1.0, &device));
+        let logits = model.logits2(x, &mut cap);
+        let out = ng.classification(&model, cap, logits, labels(2, 6, 3, &device));
+        let mut acc = GradientsAccumulator::<Mlp>::new();
+        acc.accumulate(&model, out.grads);
+        let accumulated = acc.grads();
+        assert_eq!(
+            ng.precondition(&model, 0.1, &accumulated).unwrap_err(),
+            NatGradError::MissingFactors
+        );
+        let mut optim = ng.module_optimizer();
+        let before = host(model.layers[0].weight.val().inner());
+        let msg = panic_message(|| {
+            ng.step(&mut optim, 0.1, model.clone(), accumulated);
+        });
+        assert!(msg.contains("no per-example factors"), "{msg}");
+        assert_eq!(
+            host(model.layers[0].weight.val().inner()),
+            before,
+            "nothing lost"
+        );
+    }
+}
+
+#[test]
+fn uncaptured_parameters_are_named() {
+    for (_, device) in backends() {
+        let model = Mlp::new(&[4, 5, 3], true, 1, &device);
+        let ng = NaturalGradientConfig::new().build();
+        let (mut cap, x) = ng.capture(tensor(1, [6, 4], 1.0, &device));
+        // The second layer bypasses the capture.
+        let h = burn::tensor::activation::relu(cap.linear(&model.layers[0], x));
+        let logits = model.layers[1].forward(h);
+        let err = ng
+            .try_classification(&model, cap, logits, labels(2, 6, 3, &device))
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("layers.1.weight")
+                && msg.contains("layers.1.bias")
+                && msg.contains("Capture::linear"),
+            "{msg}"
+        );
+        assert!(!msg.contains("layers.0"), "{msg}");
+    }
+}
+
+#[test]
+fn bad_targets_and_shapes_are_reported() {
+    for (_, device) in backends() {
+        let model = Mlp::new(&[4, 3], true, 1, &device);
+        let ng = NaturalGradientConfig::new()
+            .with_fisher(FisherKind::Sampled { samples: 2 })
+            .build();
+        // Labels out of range.
+        let (mut cap, x) = ng.capture(tensor(1, [6, 4], 1.0, &device));
+        let logits = model.logits2(x, &mut cap);
+        let bad = labels(2, 6, 3, &device).add_scalar(5);
+        let msg = ng
+            .try_classification(&model, cap, logits, bad)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("targets must lie in 0..3"), "{msg}");
+        // Forward pass on the raw batch instead of the duplicated one.
+        let mut cap = Capture::new();
+        let logits = model.logits2(tensor(1, [6, 4], 1.0, &device), &mut cap);
+        let msg = ng
+            .try_classification(&model, cap, logits, labels(2, 6, 3, &device))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("NaturalGradient::capture") && msg.contains("3 copies"),
+            "{msg}"
+        );
+        // A disabled capture.
+        let logits = model.logits2(tensor(1, [6, 4], 1.0, &device), &mut Capture::disabled());
+        let msg = NaturalGradientConfig::new()
+            .build()
+            .try_classification(
+                &model,
+                Capture::disabled(),
+                logits,
+                labels(2, 6, 3, &device),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("recorded no layer"), "{msg}");
+        // Rank-1 input to the capture.
+        let msg = panic_message(|| {
+            Capture::new().linear(&model.layers[0], Tensor::<1>::ones([4], &device));
+        });
+        assert!(msg.contains("rank >= 2"), "{msg}");
+    }
+}
+
+#[test]
+fn non_finite_direction_skips_the_step() {
+    for (name, device) in backends() {
+        let model = Mlp::new(&[4, 5, 3], true, 1, &device);
+        for solver in [SolverKind::Gram, SolverKind::CgSample, SolverKind::CgParam] {
+            let ng = NaturalGradientConfig::new().with_solver(solver).build();
+            let (mut cap, x) = ng.capture(tensor(1, [6, 4], 1.0, &device));
+            let logits = model.logits2(x, &mut cap);
+            let mut grads = ng
+                .classification(&model, cap, logits, labels(2, 6, 3, &device))
+                .grads;
+            let id = model.layers[1].weight.id;
+            let g: Tensor<2> = grads.remove(id).unwrap();
+            grads.register(id, g.mul_scalar(f32::NAN));
+            let before: Vec<Vec<f64>> = model
+                .layers
+                .iter()
+                .map(|l| host(l.weight.val().inner()))
+                .collect();
+            let mut optim = ng.module_optimizer();
+            let after = ng.step(&mut optim, 0.1, model.clone(), grads);
+            let after: Vec<Vec<f64>> = after
+                .layers
+                .iter()
+                .map(|l| host(l.weight.val().inner()))
+                .collect();
+            assert_eq!(
+                before, after,
+                "{name} {solver:?}: weights must be untouched"
+            );
+            assert!(
+                optim.to_record().is_empty(),
+                "{name}: no optimizer state was created"
+            );
+            assert_eq!(ng.stats().skipped, 1, "{name} {solver:?}");
+            assert_eq!(ng.stats().steps, 0);
+        }
+    }
+}
+
+#[test]
+fn trust_region_bounds_the_predicted_kl() {
+    for (name, device) in backends() {
+        let model = Mlp::new(&[4, 5, 3], true, 1, &device);
+        let ng = NaturalGradientConfig::new()
+            .with_damping(1e-3)
+            .with_kl_max(Some(1e-3))
+            .build();
+        let (mut cap, x) = ng.capture(tensor(1, [6, 4], 1.0, &device));
+        let logits = model.logits2(x, &mut cap);
+        let out = ng.classification(&model, cap, logits, labels(2, 6, 3, &device));
+        let lr = 1.0;
+        let pre = ng.precondition(&model, lr, &out.grads).unwrap();
+        assert!(
+            pre.scale < 1.0,
+            "{name}: the trust region should bind at λ = 1e-3"
+        );
+        let kl = 0.5 * lr * lr * pre.quadratic * pre.scale * pre.scale;
+        assert!((kl - 1e-3).abs() < 1e-6, "{name}: predicted KL {kl}");
+        assert!((ng.stats().last_kl - 1e-3).abs() < 1e-6);
+        let _ = model.num_params();
+    }
+}

@@ -1,0 +1,194 @@
+//! The blog post's model, an MLP 784-H(ReLU)-10, wired into Burn's Learner for the natural
+//! gradient (through `TrainStep::optimize`) and for Burn's own optimizers.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
+use burn_natgrad::{Capture, NaturalGradient};
+
+use crate::data::{MnistBatch, PIXELS};
+
+/// Per-step train loss and wall time, and per-epoch test accuracy, shared by the model's clones.
+#[derive(Debug, Default)]
+pub struct Record {
+    /// Train loss of every step.
+    pub losses: Vec<f64>,
+    /// Wall time of every step (forward, backward, optimizer), in milliseconds.
+    pub step_ms: Vec<f64>,
+    /// Correct and total test predictions per epoch.
+    pub test: Vec<(usize, usize)>,
+    started: Option<Instant>,
+}
+
+/// A shared handle on a [`Record`].
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    inner: Arc<Mutex<Record>>,
+    steps_per_epoch: usize,
+}
+
+impl Recorder {
+    /// A recorder for a run of `steps_per_epoch` training steps per epoch.
+    pub fn new(steps_per_epoch: usize) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Record::default())),
+            steps_per_epoch: steps_per_epoch.max(1),
+        }
+    }
+
+    /// Runs `f` on the record.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Record) -> R) -> R {
+        f(&mut self.inner.lock().expect("recorder lock"))
+    }
+
+    fn start_step(&self) {
+        self.with(|r| r.started = Some(Instant::now()));
+    }
+
+    fn end_step(&self) {
+        self.with(|r| {
+            if let Some(t) = r.started.take() {
+                r.step_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        });
+    }
+
+    fn add_test(&self, correct: usize, total: usize) {
+        self.with(|r| {
+            let epoch = r.losses.len().div_ceil(self.steps_per_epoch).max(1) - 1;
+            if r.test.len() <= epoch {
+                r.test.resize(epoch + 1, (0, 0));
+            }
+            r.test[epoch].0 += correct;
+            r.test[epoch].1 += total;
+        });
+    }
+}
+
+/// MLP 784-H(ReLU)-10 whose Linear layers go through a [`Capture`].
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// Hidden layer.
+    pub fc1: Linear,
+    /// Output layer.
+    pub fc2: Linear,
+    /// The natural-gradient solver; `None` trains with the Learner's optimizer as is.
+    #[module(skip)]
+    pub natgrad: Option<NaturalGradient>,
+    /// Where steps are recorded.
+    #[module(skip)]
+    pub recorder: Option<Recorder>,
+}
+
+impl Mlp {
+    /// Burn's default initialisation, seeded on `device`.
+    pub fn new(hidden: usize, seed: u64, device: &Device) -> Self {
+        device.seed(seed);
+        Self {
+            fc1: LinearConfig::new(PIXELS, hidden).init(device),
+            fc2: LinearConfig::new(hidden, 10).init(device),
+            natgrad: None,
+            recorder: None,
+        }
+    }
+
+    /// Logits, with each Linear layer routed through `capture`.
+    pub fn forward_with(&self, images: Tensor<2>, capture: &mut Capture) -> Tensor<2> {
+        let h = relu(capture.linear(&self.fc1, images));
+        capture.linear(&self.fc2, h)
+    }
+
+    /// Logits.
+    pub fn forward(&self, images: Tensor<2>) -> Tensor<2> {
+        self.forward_with(images, &mut Capture::disabled())
+    }
+}
+
+impl TrainStep for Mlp {
+    type Input = MnistBatch;
+    type Output = ClassificationOutput;
+
+    fn step(&self, batch: MnistBatch) -> TrainOutput<ClassificationOutput> {
+        if let Some(r) = &self.recorder {
+            r.start_step();
+        }
+        let output = match &self.natgrad {
+            // The natural gradient: capture, loss + factors in one backward.
+            Some(ng) => {
+                let (mut capture, images) = ng.capture(batch.images);
+                let logits = self.forward_with(images, &mut capture);
+                let out = ng.classification(self, capture, logits, batch.targets.clone());
+                TrainOutput {
+                    grads: out.grads,
+                    item: ClassificationOutput::new(out.loss, out.logits, batch.targets),
+                }
+            }
+            None => {
+                let logits = self.forward(batch.images);
+                let loss = CrossEntropyLossConfig::new()
+                    .init(&logits.device())
+                    .forward(logits.clone(), batch.targets.clone());
+                TrainOutput::new(
+                    self,
+                    loss.backward(),
+                    ClassificationOutput::new(loss, logits, batch.targets),
+                )
+            }
+        };
+        if let Some(r) = &self.recorder {
+            let loss = output.item.loss.clone().into_scalar::<f64>();
+            r.with(|rec| rec.losses.push(loss));
+        }
+        output
+    }
+
+    fn optimize(
+        self,
+        optim: &mut ModuleOptimizer,
+        lr: ModuleLearningRate,
+        grads: GradientsParams,
+    ) -> Self {
+        let recorder = self.recorder.clone();
+        let model = match self.natgrad.clone() {
+            Some(ng) => ng.step(optim, lr, self, grads),
+            None => optim.step(lr, self, grads),
+        };
+        if let Some(r) = recorder {
+            r.end_step();
+        }
+        model
+    }
+}
+
+impl InferenceStep for Mlp {
+    type Input = MnistBatch;
+    type Output = ClassificationOutput;
+
+    fn step(&self, batch: MnistBatch) -> ClassificationOutput {
+        let logits = self.forward(batch.images);
+        let loss = CrossEntropyLossConfig::new()
+            .init(&logits.device())
+            .forward(logits.clone(), batch.targets.clone());
+        if let Some(r) = &self.recorder {
+            let n = batch.targets.dims()[0];
+            let correct = logits
+                .clone()
+                .argmax(1)
+                .reshape([n])
+                .equal(batch.targets.clone())
+                .int()
+                .sum()
+                .into_scalar::<i64>() as usize;
+            r.add_test(correct, n);
+        }
+        ClassificationOutput::new(loss, logits, batch.targets)
+    }
+}

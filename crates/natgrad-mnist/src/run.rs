@@ -1,0 +1,252 @@
+//! One training run per optimizer through Burn's `SupervisedTraining`/`Learner`, and the
+//! comparison table and CSV.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
+use burn::data::dataset::InMemDataset;
+use burn::optim::{AdamConfig, ModuleOptimizer, SgdConfig};
+use burn::tensor::Device;
+use burn::train::metric::{AccuracyMetric, LossMetric};
+use burn::train::{Learner, SupervisedTraining};
+use burn_natgrad::{FisherKind, NaturalGradientConfig};
+
+use crate::data::{MnistBatch, MnistBatcher, MnistData};
+use crate::model::{Mlp, Recorder};
+use crate::progress::ProgressRenderer;
+
+/// An optimizer to compare, with its learning rate.
+#[derive(Clone, Debug)]
+pub enum OptimizerSpec {
+    /// burn-natgrad's natural gradient.
+    Ngd {
+        /// Its configuration.
+        config: NaturalGradientConfig,
+        /// Learning rate.
+        lr: f64,
+    },
+    /// Burn's SGD.
+    Sgd {
+        /// Learning rate.
+        lr: f64,
+    },
+    /// Burn's Adam.
+    Adam {
+        /// Learning rate.
+        lr: f64,
+    },
+}
+
+impl OptimizerSpec {
+    /// `ngd-empirical`, `ngd-sampled`, `sgd` or `adam`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OptimizerSpec::Ngd { config, .. } => match config.fisher {
+                FisherKind::Empirical => "ngd-empirical",
+                FisherKind::Sampled { .. } => "ngd-sampled",
+            },
+            OptimizerSpec::Sgd { .. } => "sgd",
+            OptimizerSpec::Adam { .. } => "adam",
+        }
+    }
+
+    /// The learning rate.
+    pub fn lr(&self) -> f64 {
+        match self {
+            OptimizerSpec::Ngd { lr, .. } | OptimizerSpec::Sgd { lr } | OptimizerSpec::Adam { lr } => *lr,
+        }
+    }
+
+    /// A one-line description of the hyper-parameters.
+    pub fn describe(&self) -> String {
+        match self {
+            OptimizerSpec::Ngd { config, lr } => format!(
+                "lr {lr}, damping {}, kl_max {}, solver {:?}, momentum {}",
+                config.damping,
+                config.kl_max.map_or("none".into(), |k| k.to_string()),
+                config.solver,
+                config.momentum.as_ref().map_or("none".into(), |m| m.momentum.to_string()),
+            ),
+            OptimizerSpec::Sgd { lr } | OptimizerSpec::Adam { lr } => format!("lr {lr}"),
+        }
+    }
+}
+
+/// Settings shared by every run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Epochs.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Hidden width.
+    pub hidden: usize,
+    /// Seed for the initial weights and the data order.
+    pub seed: u64,
+    /// The autodiff device to train on.
+    pub device: Device,
+    /// Show a progress bar (terminal) instead of plain lines.
+    pub progress_bar: bool,
+    /// Print progress at all.
+    pub quiet: bool,
+}
+
+/// The outcome of one epoch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochResult {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Test accuracy after the epoch.
+    pub test_accuracy: f64,
+    /// Mean train loss over the epoch's steps.
+    pub train_loss: f64,
+}
+
+/// The outcome of one optimizer's run.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    /// What ran.
+    pub spec: OptimizerSpec,
+    /// Per-epoch results.
+    pub epochs: Vec<EpochResult>,
+    /// Train loss of every step.
+    pub step_losses: Vec<f64>,
+    /// Median step time in milliseconds.
+    pub median_step_ms: f64,
+    /// Steps the natural gradient skipped (non-finite direction).
+    pub skipped_steps: u64,
+}
+
+fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        0.5 * (v[m - 1] + v[m])
+    }
+}
+
+/// Trains a fresh model with `spec` through the Learner; checkpoints go under `dir`.
+pub fn run(spec: &OptimizerSpec, data: &MnistData, options: &RunOptions, dir: &Path) -> RunResult {
+    let device = &options.device;
+    let steps_per_epoch = data.train.len().div_ceil(options.batch_size);
+    let recorder = Recorder::new(steps_per_epoch);
+    let mut model = Mlp::new(options.hidden, options.seed, device);
+    model.recorder = Some(recorder.clone());
+    let optim: ModuleOptimizer = match spec {
+        OptimizerSpec::Ngd { config, .. } => {
+            let ng = config.build();
+            model.natgrad = Some(ng.clone());
+            ng.module_optimizer()
+        }
+        OptimizerSpec::Sgd { .. } => SgdConfig::new().init(),
+        OptimizerSpec::Adam { .. } => AdamConfig::new().init(),
+    };
+    let natgrad = model.natgrad.clone();
+    let train: Arc<dyn DataLoader<MnistBatch>> = DataLoaderBuilder::new(MnistBatcher)
+        .batch_size(options.batch_size)
+        .shuffle(options.seed)
+        .set_device(device.clone())
+        .build(InMemDataset::new(data.train.clone()));
+    let test: Arc<dyn DataLoader<MnistBatch>> = DataLoaderBuilder::new(MnistBatcher)
+        .batch_size(1000)
+        .set_device(device.clone())
+        .build(InMemDataset::new(data.test.clone()));
+    let _ = std::fs::remove_dir_all(dir);
+    let training = SupervisedTraining::new(dir, train, test)
+        .metrics((AccuracyMetric::new(), LossMetric::new()))
+        .with_default_checkpointers()
+        .num_epochs(options.epochs)
+        .renderer(Box::new(ProgressRenderer::new(
+            spec.name(),
+            recorder.clone(),
+            options.progress_bar,
+            options.quiet,
+        )));
+    let _result = training.launch(Learner::new(model, optim, spec.lr()));
+
+    recorder.with(|r| {
+        let epochs = (0..options.epochs)
+            .map(|e| {
+                let (correct, total) = r.test.get(e).copied().unwrap_or((0, 0));
+                let start = (e * steps_per_epoch).min(r.losses.len());
+                let end = ((e + 1) * steps_per_epoch).min(r.losses.len());
+                let losses = &r.losses[start..end];
+                EpochResult {
+                    epoch: e + 1,
+                    test_accuracy: if total == 0 { f64::NAN } else { correct as f64 / total as f64 },
+                    train_loss: losses.iter().sum::<f64>() / losses.len().max(1) as f64,
+                }
+            })
+            .collect();
+        RunResult {
+            spec: spec.clone(),
+            epochs,
+            step_losses: r.losses.clone(),
+            median_step_ms: median(&r.step_ms),
+            skipped_steps: natgrad.map_or(0, |ng| ng.stats().skipped),
+        }
+    })
+}
+
+/// The SGD median step time of these results, if SGD ran.
+fn sgd_ms(results: &[RunResult]) -> Option<f64> {
+    results
+        .iter()
+        .find(|r| matches!(r.spec, OptimizerSpec::Sgd { .. }))
+        .map(|r| r.median_step_ms)
+}
+
+/// The CSV: `optimizer,epoch,test_accuracy,train_loss,median_step_ms,step_ratio_vs_sgd`.
+pub fn results_csv(results: &[RunResult]) -> String {
+    let sgd = sgd_ms(results);
+    let mut out = String::from("optimizer,epoch,test_accuracy,train_loss,median_step_ms,step_ratio_vs_sgd\n");
+    for r in results {
+        let ratio = sgd.map_or(String::new(), |s| format!("{:.3}", r.median_step_ms / s));
+        for e in &r.epochs {
+            let _ = writeln!(
+                out,
+                "{},{},{:.4},{:.4},{:.3},{}",
+                r.spec.name(),
+                e.epoch,
+                e.test_accuracy,
+                e.train_loss,
+                r.median_step_ms,
+                ratio
+            );
+        }
+    }
+    out
+}
+
+/// The comparison table printed at the end (Markdown, so README can show it as is).
+pub fn results_table(results: &[RunResult]) -> String {
+    let sgd = sgd_ms(results);
+    let epochs = results.iter().map(|r| r.epochs.len()).max().unwrap_or(0);
+    let mut out = String::from("| optimizer | hyper-parameters |");
+    for e in 1..=epochs {
+        let _ = write!(out, " test acc. epoch {e} |");
+    }
+    out.push_str(" final train loss | median step (ms) | step / SGD step |\n|---|---|");
+    for _ in 0..epochs {
+        out.push_str("---|");
+    }
+    out.push_str("---|---|---|\n");
+    for r in results {
+        let _ = write!(out, "| {} | {} |", r.spec.name(), r.spec.describe());
+        for e in &r.epochs {
+            let _ = write!(out, " {:.2}% |", 100.0 * e.test_accuracy);
+        }
+        let last = r.epochs.last().map_or(f64::NAN, |e| e.train_loss);
+        let ratio = sgd.map_or("-".into(), |s| format!("{:.2}×", r.median_step_ms / s));
+        let _ = writeln!(out, " {last:.4} | {:.2} | {ratio} |", r.median_step_ms);
+    }
+    out
+}

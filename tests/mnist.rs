@@ -1,0 +1,166 @@
+//! The MNIST example's training code on the committed fixture (2,000 train / 500 test images):
+//! a few dozen steps of every optimizer through the Learner; the loss falls and the CSV and the
+//! picture are written. And every data error says which file and what is wrong.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use burn_natgrad::{FisherKind, NaturalGradientConfig};
+use natgrad_mnist::{plot, results_csv, results_table, run, MnistData, OptimizerSpec, RunOptions};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mnist")
+}
+
+fn device() -> Device {
+    #[cfg(feature = "ndarray")]
+    #[allow(deprecated)]
+    return Device::ndarray().autodiff();
+    #[allow(unreachable_code)]
+    Device::flex().autodiff()
+}
+
+#[test]
+fn every_optimizer_trains_on_the_fixture_and_outputs_are_written() {
+    let data = MnistData::from_dir(&fixture()).unwrap().limit_train(Some(1920));
+    assert_eq!((data.train.len(), data.test.len()), (1920, 500));
+    let options = RunOptions {
+        epochs: 1,
+        batch_size: 64,
+        hidden: 32,
+        seed: 1,
+        device: device(),
+        progress_bar: false,
+        quiet: true,
+    };
+    let ngd = |fisher| OptimizerSpec::Ngd {
+        config: NaturalGradientConfig::new().with_fisher(fisher).with_damping(3.0),
+        lr: 10.0,
+    };
+    let specs = [
+        ngd(FisherKind::Empirical),
+        ngd(FisherKind::Sampled { samples: 1 }),
+        OptimizerSpec::Sgd { lr: 0.5 },
+        OptimizerSpec::Adam { lr: 1e-3 },
+    ];
+    let out = std::env::temp_dir().join(format!("natgrad-mnist-test-{}", std::process::id()));
+    let mut results = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let r = run(spec, &data, &options, &out.join(format!("run-{i}")));
+        assert_eq!(r.step_losses.len(), 30, "{}: 1920 / 64 steps", spec.name());
+        let first: f64 = r.step_losses[..5].iter().sum::<f64>() / 5.0;
+        let last: f64 = r.step_losses[25..].iter().sum::<f64>() / 5.0;
+        assert!(last < 0.8 * first, "{}: loss did not fall ({first:.3} -> {last:.3})", spec.name());
+        eprintln!("{}: losses {:?} acc {:?}", spec.name(), r.step_losses.iter().map(|l| (l * 100.0).round() / 100.0).collect::<Vec<_>>(), r.epochs);
+        let acc = r.epochs[0].test_accuracy;
+        assert!(acc > 0.5 && acc <= 1.0, "{}: test accuracy {acc}", spec.name());
+        assert!(r.median_step_ms > 0.0);
+        assert_eq!(r.skipped_steps, 0);
+        results.push(r);
+    }
+    let csv = results_csv(&results);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "optimizer,epoch,test_accuracy,train_loss,median_step_ms,step_ratio_vs_sgd");
+    let names: Vec<&str> = lines[1..].iter().map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(names, ["ngd-empirical", "ngd-sampled", "sgd", "adam"]);
+    assert!(lines[3].ends_with(",1.000"), "SGD's ratio to itself: {}", lines[3]);
+    let table = results_table(&results);
+    assert!(table.contains("| ngd-empirical |") && table.contains("step / SGD step"));
+    let svg = out.join("curves.svg");
+    plot::draw(&results, "fixture", &svg).unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.contains("ngd-sampled") && text.contains("<polyline"));
+    // Checkpoints as Burn writes them.
+    assert!(out.join("run-0/checkpoint").is_dir(), "Learner checkpoints");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// A scratch copy of the fixture in which `edit` breaks something.
+fn broken(name: &str, edit: impl FnOnce(&Path)) -> (PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("natgrad-mnist-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture()).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    edit(&dir);
+    let err = MnistData::from_dir(&dir).expect_err("broken data accepted");
+    let msg = err.to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    (dir, msg)
+}
+
+fn gunzip(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// Replaces `NAME.gz` by a raw `NAME` holding `edit(bytes)`.
+fn rewrite_raw(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<u8>)) {
+    let gz = dir.join(format!("{name}.gz"));
+    let mut bytes = gunzip(&gz);
+    std::fs::remove_file(&gz).unwrap();
+    edit(&mut bytes);
+    std::fs::write(dir.join(name), bytes).unwrap();
+}
+
+#[test]
+fn data_errors_name_the_file_and_the_problem() {
+    let (dir, msg) = broken("missing", |d| std::fs::remove_file(d.join("t10k-labels-idx1-ubyte.gz")).unwrap());
+    assert!(msg.contains("t10k-labels-idx1-ubyte.gz") && msg.contains(&dir.display().to_string()), "{msg}");
+
+    let (_, msg) = broken("truncated", |d| {
+        rewrite_raw(d, "train-images-idx3-ubyte", |b| b.truncate(b.len() - 100))
+    });
+    assert!(msg.contains("train-images-idx3-ubyte") && msg.contains("truncated"), "{msg}");
+
+    let (_, msg) = broken("magic", |d| rewrite_raw(d, "train-labels-idx1-ubyte", |b| b[3] = 0x03));
+    assert!(msg.contains("train-labels-idx1-ubyte") && msg.contains("magic number 0x00000803"), "{msg}");
+
+    let (_, msg) = broken("count", |d| {
+        rewrite_raw(d, "t10k-labels-idx1-ubyte", |b| {
+            b[4..8].copy_from_slice(&499u32.to_be_bytes());
+            b.pop();
+        })
+    });
+    assert!(msg.contains("500 images") && msg.contains("499 labels"), "{msg}");
+
+    let (_, msg) = broken("size", |d| {
+        rewrite_raw(d, "t10k-images-idx3-ubyte", |b| {
+            b[8..12].copy_from_slice(&14u32.to_be_bytes());
+            b[12..16].copy_from_slice(&56u32.to_be_bytes());
+        })
+    });
+    assert!(msg.contains("t10k-images-idx3-ubyte") && msg.contains("14×56"), "{msg}");
+
+    let (_, msg) = broken("gzip", |d| {
+        let p = d.join("train-images-idx3-ubyte.gz");
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    });
+    assert!(msg.contains("train-images-idx3-ubyte.gz") && msg.contains("gzip"), "{msg}");
+
+    let (_, msg) = broken("label", |d| rewrite_raw(d, "train-labels-idx1-ubyte", |b| b[20] = 12));
+    assert!(msg.contains("label 12") && msg.contains("train-labels-idx1-ubyte"), "{msg}");
+
+    // A raw (not gzipped) copy of the fixture reads the same.
+    let dir = std::env::temp_dir().join(format!("natgrad-mnist-raw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture()).unwrap() {
+        let p = entry.unwrap().path();
+        if let Some(name) = p.file_name().unwrap().to_str().unwrap().strip_suffix(".gz") {
+            std::fs::write(dir.join(name), gunzip(&p)).unwrap();
+        }
+    }
+    let raw = MnistData::from_dir(&dir).unwrap();
+    let gz = MnistData::from_dir(&fixture()).unwrap();
+    assert_eq!(raw.train.len(), gz.train.len());
+    assert_eq!(raw.train[7].image, gz.train[7].image);
+    assert_eq!(raw.test[3].label, gz.test[3].label);
+    let _ = std::fs::remove_dir_all(&dir);
+}
