@@ -67,23 +67,24 @@ struct Args {
     /// Solver of the natural gradient.
     #[arg(long, value_enum, default_value_t = Solver::Gram)]
     solver: Solver,
-    /// Tikhonov damping λ of the natural gradient.
-    #[arg(long, default_value_t = 3.0)]
-    damping: f64,
-    /// Learning rate of the natural gradient.
-    #[arg(long, default_value_t = 10.0)]
-    lr: f64,
-    /// KL trust region of the natural gradient (0: none).
-    #[arg(long, default_value_t = 0.0)]
-    kl_max: f64,
-    /// Momentum of the natural gradient (0: none).
-    #[arg(long, default_value_t = 0.0)]
-    momentum: f64,
-    /// Learning rate of SGD.
+    /// Tikhonov damping λ of the natural gradient [default: 2 empirical, 1 sampled].
+    #[arg(long)]
+    damping: Option<f64>,
+    /// Learning rate of the natural gradient [default: 5 empirical, 1 sampled].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// KL trust region of the natural gradient, 0 for none [default: 0 empirical, 0.01
+    /// sampled].
+    #[arg(long)]
+    kl_max: Option<f64>,
+    /// Momentum of the natural gradient, 0 for none [default: 0.5 empirical, 0 sampled].
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// Learning rate of SGD (the best of its grid, see --sweep).
     #[arg(long, default_value_t = 0.5)]
     sgd_lr: f64,
-    /// Learning rate of Adam.
-    #[arg(long, default_value_t = 1e-3)]
+    /// Learning rate of Adam (the best of its grid, see --sweep).
+    #[arg(long, default_value_t = 3e-3)]
     adam_lr: f64,
     /// Epochs.
     #[arg(long, default_value_t = 2)]
@@ -116,6 +117,15 @@ struct Args {
     sweep: bool,
 }
 
+/// The natural gradient's sweep grid, `(lr, damping, momentum)` (`--fisher empirical`).
+const NGD_GRID: [(f64, f64, f64); 5] = [
+    (10.0, 3.0, 0.0),
+    (5.0, 2.0, 0.5),
+    (5.0, 3.0, 0.5),
+    (5.0, 5.0, 0.7),
+    (3.0, 3.0, 0.7),
+];
+
 fn default_backend() -> Backend {
     #[cfg(feature = "ndarray")]
     return Backend::Ndarray;
@@ -140,7 +150,21 @@ fn device(backend: Backend) -> Device {
     .autodiff()
 }
 
-fn ngd_config(args: &Args, lr: f64, damping: f64) -> OptimizerSpec {
+/// The natural gradient's defaults, `(lr, damping, momentum, kl_max)`, by Fisher: the empirical
+/// ones won `--sweep`; the sampled Fisher needs a trust region (see README).
+fn ngd_defaults(fisher: Fisher) -> (f64, f64, f64, f64) {
+    match fisher {
+        Fisher::Empirical => (5.0, 2.0, 0.5, 0.0),
+        Fisher::Sampled => (1.0, 1.0, 0.0, 0.01),
+    }
+}
+
+fn kl_max(args: &Args) -> Option<f64> {
+    let kl = args.kl_max.unwrap_or(ngd_defaults(args.fisher).3);
+    (kl != 0.0).then_some(kl)
+}
+
+fn ngd_config(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpec {
     let mut config = NaturalGradientConfig::new()
         .with_fisher(match args.fisher {
             Fisher::Empirical => FisherKind::Empirical,
@@ -152,9 +176,13 @@ fn ngd_config(args: &Args, lr: f64, damping: f64) -> OptimizerSpec {
             Solver::CgParam => SolverKind::CgParam,
         })
         .with_damping(damping)
-        .with_kl_max((args.kl_max > 0.0).then_some(args.kl_max));
-    if args.momentum > 0.0 {
-        config = config.with_momentum(Some(MomentumConfig::new().with_momentum(args.momentum).with_dampening(0.0)));
+        .with_kl_max(kl_max(args));
+    if momentum > 0.0 {
+        config = config.with_momentum(Some(
+            MomentumConfig::new()
+                .with_momentum(momentum)
+                .with_dampening(0.0),
+        ));
     }
     OptimizerSpec::Ngd { config, lr }
 }
@@ -176,7 +204,13 @@ fn main() -> ExitCode {
         eprintln!("error: no training examples (--limit 0?)");
         return ExitCode::from(2);
     }
-    let ngd = ngd_config(&args, args.lr, args.damping);
+    let (lr, damping, momentum, _) = ngd_defaults(args.fisher);
+    let ngd = ngd_config(
+        &args,
+        args.lr.unwrap_or(lr),
+        args.damping.unwrap_or(damping),
+        args.momentum.unwrap_or(momentum),
+    );
     if let OptimizerSpec::Ngd { config, .. } = &ngd {
         if let Err(e) = config.validate() {
             eprintln!("error: {e}");
@@ -197,8 +231,9 @@ fn main() -> ExitCode {
     let specs: Vec<OptimizerSpec> = if args.sweep {
         let mut s = Vec::new();
         if wants(Opt::Ngd) {
-            for (lr, damping) in [(3.0, 1.0), (10.0, 3.0), (10.0, 1.0), (30.0, 10.0), (20.0, 3.0)] {
-                s.push(ngd_config(&args, lr, damping));
+            // Five configurations, as many as SGD's grid: (lr, damping, momentum).
+            for (lr, damping, momentum) in NGD_GRID {
+                s.push(ngd_config(&args, lr, damping, momentum));
             }
         }
         if wants(Opt::Sgd) {

@@ -50,7 +50,14 @@ pub fn draw(results: &[RunResult], title: &str, path: &Path) -> Result<(), Box<d
         .x_label_area_size(35)
         .y_label_area_size(55)
         .build_cartesian_2d(1f64..steps as f64, (lo..hi).log_scale())?;
-    chart.configure_mesh().x_desc("step").y_desc("cross-entropy").draw()?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_desc("step")
+        .y_desc("cross-entropy (log scale)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.2}"))
+        .draw()?;
     for (i, (r, curve)) in results.iter().zip(&curves).enumerate() {
         let color = COLORS[i % COLORS.len()];
         chart
@@ -81,9 +88,18 @@ pub fn draw(results: &[RunResult], title: &str, path: &Path) -> Result<(), Box<d
         .build_cartesian_2d(0.5f64..epochs as f64 + 0.5, alo..ahi)?;
     chart
         .configure_mesh()
+        .light_line_style(WHITE)
         .x_desc("epoch")
         .y_desc("accuracy (%)")
         .x_labels(epochs + 1)
+        .x_label_formatter(&|x| {
+            if (x - x.round()).abs() < 1e-9 && *x >= 1.0 {
+                format!("{x:.0}")
+            } else {
+                String::new()
+            }
+        })
+        .y_label_formatter(&|y| format!("{y:.1}"))
         .draw()?;
     for (i, r) in results.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
