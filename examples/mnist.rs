@@ -168,7 +168,9 @@ fn ngd_config(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpe
     let mut config = NaturalGradientConfig::new()
         .with_fisher(match args.fisher {
             Fisher::Empirical => FisherKind::Empirical,
-            Fisher::Sampled => FisherKind::Sampled { samples: args.samples },
+            Fisher::Sampled => FisherKind::Sampled {
+                samples: args.samples,
+            },
         })
         .with_solver(match args.solver {
             Solver::Gram => SolverKind::Gram,
@@ -274,10 +276,17 @@ fn main() -> ExitCode {
         println!("== {} ({})", spec.name(), spec.describe());
         let dir = args.out.join("runs").join(format!("{i}-{}", spec.name()));
         let result = run(spec, &data, &options, &dir);
-        let accs: Vec<String> = result.epochs.iter().map(|e| format!("{:.2}%", 100.0 * e.test_accuracy)).collect();
+        let accs: Vec<String> = result
+            .epochs
+            .iter()
+            .map(|e| format!("{:.2}%", 100.0 * e.test_accuracy))
+            .collect();
         println!("   test accuracy per epoch: {}", accs.join(", "));
         if result.skipped_steps > 0 {
-            println!("   {} natural-gradient steps skipped (non-finite)", result.skipped_steps);
+            println!(
+                "   {} natural-gradient steps skipped (non-finite)",
+                result.skipped_steps
+            );
         }
         results.push(result);
     }
@@ -309,7 +318,11 @@ fn main() -> ExitCode {
             if let Some(best) = results
                 .iter()
                 .filter(|r| r.spec.name() == name)
-                .max_by(|a, b| a.epochs[0].test_accuracy.total_cmp(&b.epochs[0].test_accuracy))
+                .max_by(|a, b| {
+                    a.epochs[0]
+                        .test_accuracy
+                        .total_cmp(&b.epochs[0].test_accuracy)
+                })
             {
                 println!(
                     "best {name}: {} ({:.2}% after epoch 1)",

@@ -23,7 +23,9 @@ fn device() -> Device {
 
 #[test]
 fn every_optimizer_trains_on_the_fixture_and_outputs_are_written() {
-    let data = MnistData::from_dir(&fixture()).unwrap().limit_train(Some(1920));
+    let data = MnistData::from_dir(&fixture())
+        .unwrap()
+        .limit_train(Some(1920));
     assert_eq!((data.train.len(), data.test.len()), (1920, 500));
     let options = RunOptions {
         epochs: 1,
@@ -39,7 +41,9 @@ fn every_optimizer_trains_on_the_fixture_and_outputs_are_written() {
         OptimizerSpec::Ngd {
             config: NaturalGradientConfig::new()
                 .with_damping(2.0)
-                .with_momentum(Some(MomentumConfig::new().with_momentum(0.5).with_dampening(0.0))),
+                .with_momentum(Some(
+                    MomentumConfig::new().with_momentum(0.5).with_dampening(0.0),
+                )),
             lr: 5.0,
         },
         OptimizerSpec::Ngd {
@@ -59,19 +63,37 @@ fn every_optimizer_trains_on_the_fixture_and_outputs_are_written() {
         assert_eq!(r.step_losses.len(), 30, "{}: 1920 / 64 steps", spec.name());
         let first: f64 = r.step_losses[..5].iter().sum::<f64>() / 5.0;
         let last: f64 = r.step_losses[25..].iter().sum::<f64>() / 5.0;
-        assert!(last < 0.8 * first, "{}: loss did not fall ({first:.3} -> {last:.3})", spec.name());
+        assert!(
+            last < 0.8 * first,
+            "{}: loss did not fall ({first:.3} -> {last:.3})",
+            spec.name()
+        );
         let acc = r.epochs[0].test_accuracy;
-        assert!(acc > 0.5 && acc <= 1.0, "{}: test accuracy {acc}", spec.name());
+        assert!(
+            acc > 0.5 && acc <= 1.0,
+            "{}: test accuracy {acc}",
+            spec.name()
+        );
         assert!(r.median_step_ms > 0.0);
         assert_eq!(r.skipped_steps, 0);
         results.push(r);
     }
     let csv = results_csv(&results);
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines[0], "optimizer,epoch,test_accuracy,train_loss,median_step_ms,step_ratio_vs_sgd");
-    let names: Vec<&str> = lines[1..].iter().map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(
+        lines[0],
+        "optimizer,epoch,test_accuracy,train_loss,median_step_ms,step_ratio_vs_sgd"
+    );
+    let names: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
     assert_eq!(names, ["ngd-empirical", "ngd-sampled", "sgd", "adam"]);
-    assert!(lines[3].ends_with(",1.000"), "SGD's ratio to itself: {}", lines[3]);
+    assert!(
+        lines[3].ends_with(",1.000"),
+        "SGD's ratio to itself: {}",
+        lines[3]
+    );
     let table = results_table(&results);
     assert!(table.contains("| ngd-empirical |") && table.contains("step / SGD step"));
     let svg = out.join("curves.svg");
@@ -119,16 +141,29 @@ fn rewrite_raw(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<u8>)) {
 
 #[test]
 fn data_errors_name_the_file_and_the_problem() {
-    let (dir, msg) = broken("missing", |d| std::fs::remove_file(d.join("t10k-labels-idx1-ubyte.gz")).unwrap());
-    assert!(msg.contains("t10k-labels-idx1-ubyte.gz") && msg.contains(&dir.display().to_string()), "{msg}");
+    let (dir, msg) = broken("missing", |d| {
+        std::fs::remove_file(d.join("t10k-labels-idx1-ubyte.gz")).unwrap()
+    });
+    assert!(
+        msg.contains("t10k-labels-idx1-ubyte.gz") && msg.contains(&dir.display().to_string()),
+        "{msg}"
+    );
 
     let (_, msg) = broken("truncated", |d| {
         rewrite_raw(d, "train-images-idx3-ubyte", |b| b.truncate(b.len() - 100))
     });
-    assert!(msg.contains("train-images-idx3-ubyte") && msg.contains("truncated"), "{msg}");
+    assert!(
+        msg.contains("train-images-idx3-ubyte") && msg.contains("truncated"),
+        "{msg}"
+    );
 
-    let (_, msg) = broken("magic", |d| rewrite_raw(d, "train-labels-idx1-ubyte", |b| b[3] = 0x03));
-    assert!(msg.contains("train-labels-idx1-ubyte") && msg.contains("magic number 0x00000803"), "{msg}");
+    let (_, msg) = broken("magic", |d| {
+        rewrite_raw(d, "train-labels-idx1-ubyte", |b| b[3] = 0x03)
+    });
+    assert!(
+        msg.contains("train-labels-idx1-ubyte") && msg.contains("magic number 0x00000803"),
+        "{msg}"
+    );
 
     let (_, msg) = broken("count", |d| {
         rewrite_raw(d, "t10k-labels-idx1-ubyte", |b| {
@@ -136,7 +171,10 @@ fn data_errors_name_the_file_and_the_problem() {
             b.pop();
         })
     });
-    assert!(msg.contains("500 images") && msg.contains("499 labels"), "{msg}");
+    assert!(
+        msg.contains("500 images") && msg.contains("499 labels"),
+        "{msg}"
+    );
 
     let (_, msg) = broken("size", |d| {
         rewrite_raw(d, "t10k-images-idx3-ubyte", |b| {
@@ -144,17 +182,28 @@ fn data_errors_name_the_file_and_the_problem() {
             b[12..16].copy_from_slice(&56u32.to_be_bytes());
         })
     });
-    assert!(msg.contains("t10k-images-idx3-ubyte") && msg.contains("14×56"), "{msg}");
+    assert!(
+        msg.contains("t10k-images-idx3-ubyte") && msg.contains("14×56"),
+        "{msg}"
+    );
 
     let (_, msg) = broken("gzip", |d| {
         let p = d.join("train-images-idx3-ubyte.gz");
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
     });
-    assert!(msg.contains("train-images-idx3-ubyte.gz") && msg.contains("gzip"), "{msg}");
+    assert!(
+        msg.contains("train-images-idx3-ubyte.gz") && msg.contains("gzip"),
+        "{msg}"
+    );
 
-    let (_, msg) = broken("label", |d| rewrite_raw(d, "train-labels-idx1-ubyte", |b| b[20] = 12));
-    assert!(msg.contains("label 12") && msg.contains("train-labels-idx1-ubyte"), "{msg}");
+    let (_, msg) = broken("label", |d| {
+        rewrite_raw(d, "train-labels-idx1-ubyte", |b| b[20] = 12)
+    });
+    assert!(
+        msg.contains("label 12") && msg.contains("train-labels-idx1-ubyte"),
+        "{msg}"
+    );
 
     // A raw (not gzipped) copy of the fixture reads the same.
     let dir = std::env::temp_dir().join(format!("natgrad-mnist-raw-{}", std::process::id()));

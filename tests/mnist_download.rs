@@ -12,7 +12,9 @@ fn failed_download_says_to_use_data_dir() {
         Err(err @ DataError::Download { .. }) => {
             let msg = err.to_string();
             assert!(
-                msg.contains("--data-dir") && msg.contains("MNIST_DIR") && msg.contains("burn-dataset"),
+                msg.contains("--data-dir")
+                    && msg.contains("MNIST_DIR")
+                    && msg.contains("burn-dataset"),
                 "{msg}"
             );
         }

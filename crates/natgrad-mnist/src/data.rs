@@ -127,9 +127,14 @@ impl MnistData {
         std::panic::set_hook(Box::new(|_| {}));
         let result = std::panic::catch_unwind(|| {
             let collect = |d: MnistDataset| {
-                (0..d.len()).map(|i| d.get(i)).collect::<Result<Vec<_>, _>>()
+                (0..d.len())
+                    .map(|i| d.get(i))
+                    .collect::<Result<Vec<_>, _>>()
             };
-            (collect(MnistDataset::train()), collect(MnistDataset::test()))
+            (
+                collect(MnistDataset::train()),
+                collect(MnistDataset::test()),
+            )
         });
         std::panic::set_hook(hook);
         match result {
@@ -244,7 +249,11 @@ fn check_header(
     Ok(count)
 }
 
-fn read_split(dir: &Path, images: &'static str, labels: &'static str) -> Result<Vec<MnistItem>, DataError> {
+fn read_split(
+    dir: &Path,
+    images: &'static str,
+    labels: &'static str,
+) -> Result<Vec<MnistItem>, DataError> {
     let (ipath, ibytes) = read_file(dir, images)?;
     if ibytes.len() >= 16 && be_u32(&ibytes, 0) == IMAGE_MAGIC {
         let (rows, cols) = (be_u32(&ibytes, 8) as usize, be_u32(&ibytes, 12) as usize);

@@ -32,20 +32,43 @@ fn smooth(values: &[f64], window: usize) -> Vec<(f64, f64)> {
 }
 
 /// Draws the two panels into an SVG file at `path`.
-pub fn draw(results: &[RunResult], title: &str, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+pub fn draw(
+    results: &[RunResult],
+    title: &str,
+    path: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::new(path, (1200, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 20))?;
     let (left, right) = root.split_horizontally(640);
 
-    let steps = results.iter().map(|r| r.step_losses.len()).max().unwrap_or(1).max(2);
+    let steps = results
+        .iter()
+        .map(|r| r.step_losses.len())
+        .max()
+        .unwrap_or(1)
+        .max(2);
     let window = (steps / 50).max(1);
-    let curves: Vec<Vec<(f64, f64)>> = results.iter().map(|r| smooth(&r.step_losses, window)).collect();
-    let finite = curves.iter().flatten().map(|p| p.1).filter(|v| v.is_finite() && *v > 0.0);
+    let curves: Vec<Vec<(f64, f64)>> = results
+        .iter()
+        .map(|r| smooth(&r.step_losses, window))
+        .collect();
+    let finite = curves
+        .iter()
+        .flatten()
+        .map(|p| p.1)
+        .filter(|v| v.is_finite() && *v > 0.0);
     let (lo, hi) = finite.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
-    let (lo, hi) = if lo < hi { (lo * 0.9, hi * 1.1) } else { (0.01, 10.0) };
+    let (lo, hi) = if lo < hi {
+        (lo * 0.9, hi * 1.1)
+    } else {
+        (0.01, 10.0)
+    };
     let mut chart = ChartBuilder::on(&left)
-        .caption(format!("train loss per step ({window}-step mean)"), ("sans-serif", 16))
+        .caption(
+            format!("train loss per step ({window}-step mean)"),
+            ("sans-serif", 16),
+        )
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(55)
@@ -62,11 +85,16 @@ pub fn draw(results: &[RunResult], title: &str, path: &Path) -> Result<(), Box<d
         let color = COLORS[i % COLORS.len()];
         chart
             .draw_series(LineSeries::new(
-                curve.iter().copied().filter(|p| p.1.is_finite() && p.1 > 0.0),
+                curve
+                    .iter()
+                    .copied()
+                    .filter(|p| p.1.is_finite() && p.1 > 0.0),
                 color.stroke_width(2),
             ))?
             .label(r.spec.name())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
@@ -75,11 +103,17 @@ pub fn draw(results: &[RunResult], title: &str, path: &Path) -> Result<(), Box<d
         .draw()?;
 
     let epochs = results.iter().map(|r| r.epochs.len()).max().unwrap_or(1);
-    let accs = results.iter().flat_map(|r| r.epochs.iter().map(|e| 100.0 * e.test_accuracy));
+    let accs = results
+        .iter()
+        .flat_map(|r| r.epochs.iter().map(|e| 100.0 * e.test_accuracy));
     let (alo, ahi) = accs
         .filter(|v| v.is_finite())
         .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
-    let (alo, ahi) = if alo <= ahi { (alo - 0.5, (ahi + 0.5).min(100.0)) } else { (0.0, 100.0) };
+    let (alo, ahi) = if alo <= ahi {
+        (alo - 0.5, (ahi + 0.5).min(100.0))
+    } else {
+        (0.0, 100.0)
+    };
     let mut chart = ChartBuilder::on(&right)
         .caption("test accuracy per epoch", ("sans-serif", 16))
         .margin(10)
@@ -103,12 +137,22 @@ pub fn draw(results: &[RunResult], title: &str, path: &Path) -> Result<(), Box<d
         .draw()?;
     for (i, r) in results.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let points: Vec<(f64, f64)> = r.epochs.iter().map(|e| (e.epoch as f64, 100.0 * e.test_accuracy)).collect();
+        let points: Vec<(f64, f64)> = r
+            .epochs
+            .iter()
+            .map(|e| (e.epoch as f64, 100.0 * e.test_accuracy))
+            .collect();
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
             .label(r.spec.name())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 4, color.filled())),
+        )?;
     }
     chart
         .configure_series_labels()

@@ -55,7 +55,9 @@ impl OptimizerSpec {
     /// The learning rate.
     pub fn lr(&self) -> f64 {
         match self {
-            OptimizerSpec::Ngd { lr, .. } | OptimizerSpec::Sgd { lr } | OptimizerSpec::Adam { lr } => *lr,
+            OptimizerSpec::Ngd { lr, .. }
+            | OptimizerSpec::Sgd { lr }
+            | OptimizerSpec::Adam { lr } => *lr,
         }
     }
 
@@ -67,7 +69,10 @@ impl OptimizerSpec {
                 config.damping,
                 config.kl_max.map_or("none".into(), |k| k.to_string()),
                 config.solver,
-                config.momentum.as_ref().map_or("none".into(), |m| m.momentum.to_string()),
+                config
+                    .momentum
+                    .as_ref()
+                    .map_or("none".into(), |m| m.momentum.to_string()),
             ),
             OptimizerSpec::Sgd { lr } | OptimizerSpec::Adam { lr } => format!("lr {lr}"),
         }
@@ -181,7 +186,11 @@ pub fn run(spec: &OptimizerSpec, data: &MnistData, options: &RunOptions, dir: &P
                 let losses = &r.losses[start..end];
                 EpochResult {
                     epoch: e + 1,
-                    test_accuracy: if total == 0 { f64::NAN } else { correct as f64 / total as f64 },
+                    test_accuracy: if total == 0 {
+                        f64::NAN
+                    } else {
+                        correct as f64 / total as f64
+                    },
                     train_loss: losses.iter().sum::<f64>() / losses.len().max(1) as f64,
                 }
             })
@@ -207,7 +216,8 @@ fn sgd_ms(results: &[RunResult]) -> Option<f64> {
 /// The CSV: `optimizer,epoch,test_accuracy,train_loss,median_step_ms,step_ratio_vs_sgd`.
 pub fn results_csv(results: &[RunResult]) -> String {
     let sgd = sgd_ms(results);
-    let mut out = String::from("optimizer,epoch,test_accuracy,train_loss,median_step_ms,step_ratio_vs_sgd\n");
+    let mut out =
+        String::from("optimizer,epoch,test_accuracy,train_loss,median_step_ms,step_ratio_vs_sgd\n");
     for r in results {
         let ratio = sgd.map_or(String::new(), |s| format!("{:.3}", r.median_step_ms / s));
         for e in &r.epochs {
