@@ -29,6 +29,9 @@ pub enum NatGradError {
     InconsistentFactors(String),
     /// Input given to the capture or to the loss does not match what it expects.
     InvalidInput(String),
+    /// The per-tensor optimizer received gradients that did not go through the natural-gradient
+    /// step.
+    NotPreconditioned,
 }
 
 impl fmt::Display for NatGradError {
@@ -58,6 +61,13 @@ impl fmt::Display for NatGradError {
                 write!(f, "natural gradient: inconsistent per-example factors: {msg}")
             }
             NatGradError::InvalidInput(msg) => write!(f, "natural gradient: {msg}"),
+            NatGradError::NotPreconditioned => write!(
+                f,
+                "natural gradient: the ModuleOptimizer received raw gradients. Call \
+                 `NaturalGradient::step` from `TrainStep::optimize` (with the ModuleOptimizer of \
+                 that same NaturalGradient, `NaturalGradient::module_optimizer`); multi-device \
+                 training (`optimize_multi`) is not supported: train on one device."
+            ),
         }
     }
 }

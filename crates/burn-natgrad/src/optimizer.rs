@@ -139,7 +139,7 @@ impl NaturalGradientConfig {
         Ok(NaturalGradient {
             config: self.clone(),
             sgd: sgd.build(),
-            stats: Arc::new(Mutex::new(StepStats::default())),
+            shared: Arc::new(Mutex::new(Shared::default())),
         })
     }
 
@@ -152,14 +152,17 @@ impl NaturalGradientConfig {
         self.try_build().unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// The per-tensor part wrapped in a [`ModuleOptimizer`], as Burn's `init` functions return.
-    /// Pair it with the [`NaturalGradient`] from [`build`](Self::build) (or use
-    /// [`NaturalGradient::module_optimizer`]).
+    /// The optimizer and its per-tensor part wrapped in Burn's [`ModuleOptimizer`], which must
+    /// be used together: keep the [`NaturalGradient`] where `TrainStep::optimize` can reach it
+    /// (e.g. a `#[module(skip)]` field of the model) and hand the [`ModuleOptimizer`] to the
+    /// `Learner`.
     ///
     /// # Panics
     /// If a value is invalid (see [`validate`](Self::validate)).
-    pub fn init(&self) -> ModuleOptimizer {
-        self.build().module_optimizer()
+    pub fn init(&self) -> (NaturalGradient, ModuleOptimizer) {
+        let ng = self.build();
+        let optim = ng.module_optimizer();
+        (ng, optim)
     }
 }
 
@@ -195,7 +198,15 @@ pub struct StepStats {
 pub struct NaturalGradient {
     config: NaturalGradientConfig,
     sgd: Sgd,
-    stats: Arc<Mutex<StepStats>>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+/// State shared by the clones of one [`NaturalGradient`]: the counters, and how many
+/// preconditioned directions the per-tensor part may still consume.
+#[derive(Debug, Default)]
+struct Shared {
+    stats: StepStats,
+    pending: usize,
 }
 
 impl core::fmt::Debug for NaturalGradient {
@@ -239,10 +250,12 @@ impl NaturalGradient {
 
     /// A snapshot of the step counters.
     pub fn stats(&self) -> StepStats {
-        self.stats.lock().expect("stats lock").clone()
+        self.shared.lock().expect("natgrad lock").stats.clone()
     }
 
-    /// The per-tensor part wrapped in Burn's [`ModuleOptimizer`].
+    /// The per-tensor part wrapped in Burn's [`ModuleOptimizer`]. It accepts only directions
+    /// from this `NaturalGradient` (or its clones): raw gradients make it panic with
+    /// [`NatGradError::NotPreconditioned`].
     pub fn module_optimizer(&self) -> ModuleOptimizer {
         ModuleOptimizer::from(self.clone())
     }
@@ -424,7 +437,8 @@ impl NaturalGradient {
         let finite = values.iter().all(|v| v.is_finite());
         let residual_value = values.get(2).copied().unwrap_or(0.0);
 
-        let mut stats = self.stats.lock().expect("stats lock");
+        let mut shared = self.shared.lock().expect("natgrad lock");
+        let stats = &mut shared.stats;
         stats.last_cg_iters = iterations;
         stats.last_residual = residual_value;
         if !finite {
@@ -449,7 +463,8 @@ impl NaturalGradient {
         stats.steps += 1;
         stats.last_scale = scale;
         stats.last_kl = 0.5 * lr * lr * quadratic * scale * scale;
-        drop(stats);
+        shared.pending = factors.blocks.len();
+        drop(shared);
 
         let mut out = GradientsParams::new();
         for (block, d) in factors.blocks.iter().zip(directions) {
@@ -547,6 +562,12 @@ impl Optimizer for NaturalGradient {
     /// The per-tensor part: `grad` is the natural-gradient direction computed by
     /// [`NaturalGradient::precondition`]; weight decay, momentum and `lr` are applied as Burn's
     /// SGD applies them.
+    ///
+    /// # Panics
+    /// When handed more tensors than the last [`precondition`](NaturalGradient::precondition)
+    /// produced, i.e. raw gradients: `TrainStep::optimize` was not overridden, the Learner ran
+    /// multi-device training (`optimize_multi`), or the [`ModuleOptimizer`] comes from another
+    /// `NaturalGradient` than the one that preconditioned.
     fn step<const D: usize>(
         &self,
         lr: LearningRate,
@@ -554,6 +575,14 @@ impl Optimizer for NaturalGradient {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
+        {
+            let mut shared = self.shared.lock().expect("natgrad lock");
+            if shared.pending == 0 {
+                drop(shared);
+                panic!("{}", NatGradError::NotPreconditioned);
+            }
+            shared.pending -= 1;
+        }
         self.sgd.step(lr, tensor, grad, state)
     }
 

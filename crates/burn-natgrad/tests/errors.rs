@@ -118,6 +118,34 @@ fn gradients_without_factors_say_what_to_change() {
 }
 
 #[test]
+fn raw_gradients_are_refused_by_the_per_tensor_part() {
+    // What the Learner's default `optimize_multi` (multi-device) or a missing `optimize`
+    // override would do: hand raw gradients to the ModuleOptimizer.
+    for (name, device) in backends() {
+        let model = Mlp::new(&[4, 3], true, 1, &device);
+        let (ng, mut optim) = NaturalGradientConfig::new().init();
+        let logits = model.logits2(tensor(1, [6, 4], 1.0, &device), &mut Capture::disabled());
+        let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(logits, labels(2, 6, 3, &device));
+        let plain = GradientsParams::from_grads(loss.backward(), &model);
+        let msg = panic_message(|| {
+            optim.step(0.1, model.clone(), plain);
+        });
+        assert!(
+            msg.contains("raw gradients") && msg.contains("optimize_multi"),
+            "{name}: {msg}"
+        );
+        // The same optimizer still works through the natural-gradient step.
+        let (mut cap, x) = ng.capture(tensor(1, [6, 4], 1.0, &device));
+        let logits = model.logits2(x, &mut cap);
+        let out = ng.classification(&model, cap, logits, labels(2, 6, 3, &device));
+        let _ = ng.step(&mut optim, 0.1, model, out.grads);
+        assert_eq!(ng.stats().steps, 1);
+    }
+}
+
+#[test]
 fn uncaptured_parameters_are_named() {
     for (_, device) in backends() {
         let model = Mlp::new(&[4, 5, 3], true, 1, &device);

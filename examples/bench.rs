@@ -1,0 +1,286 @@
+//! Step-time and memory benchmark: SGD, Adam and the natural gradient (every solver, empirical
+//! and sampled Fisher), the per-example factor pass and a plain forward+backward, on MLPs
+//! 784-128-10 and 784-1024-1024-10 at batch 128 and 512, on every CPU backend compiled in (and
+//! wgpu with `--wgpu`). Ratios are to SGD measured in the same run. Writes
+//! `target/bench/results.csv`.
+//!
+//! ```text
+//! cargo run --release --features flex --example bench
+//! ```
+//!
+//! Each (backend, model, batch, method) runs in a child process of this program, so that its
+//! peak memory (the growth of the resident set over the process's baseline, from
+//! `/proc/self/status`) is its own.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Distribution, Int, Tensor};
+use burn_natgrad::{Capture, FisherKind, NaturalGradient, NaturalGradientConfig, SolverKind};
+
+const METHODS: [&str; 9] = [
+    "sgd",
+    "adam",
+    "ngd-empirical-gram",
+    "ngd-empirical-cg-sample",
+    "ngd-empirical-cg-param",
+    "ngd-sampled-1",
+    "ngd-sampled-4",
+    "factors",
+    "forward-backward",
+];
+
+#[derive(Module, Debug)]
+struct Mlp {
+    layers: Vec<Linear>,
+}
+
+impl Mlp {
+    fn new(sizes: &[usize], device: &Device) -> Self {
+        device.seed(0);
+        Self {
+            layers: sizes
+                .windows(2)
+                .map(|w| LinearConfig::new(w[0], w[1]).init(device))
+                .collect(),
+        }
+    }
+
+    fn forward_with(&self, x: Tensor<2>, capture: &mut Capture) -> Tensor<2> {
+        let last = self.layers.len() - 1;
+        self.layers.iter().enumerate().fold(x, |h, (i, l)| {
+            let z = capture.linear(l, h);
+            if i < last {
+                relu(z)
+            } else {
+                z
+            }
+        })
+    }
+}
+
+fn sizes(model: &str) -> Vec<usize> {
+    match model {
+        "mlp-128" => vec![784, 128, 10],
+        "mlp-1024" => vec![784, 1024, 1024, 10],
+        other => panic!("unknown model {other}"),
+    }
+}
+
+fn device(backend: &str) -> Device {
+    match backend {
+        #[cfg(feature = "ndarray")]
+        #[allow(deprecated)]
+        "ndarray" => Device::ndarray(),
+        #[cfg(feature = "flex")]
+        "flex" => Device::flex(),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+        other => panic!("backend {other} is not compiled in"),
+    }
+    .autodiff()
+}
+
+fn rss_kb(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(f64::NAN)
+}
+
+fn natgrad(method: &str) -> Option<NaturalGradient> {
+    let c = NaturalGradientConfig::new().with_damping(1.0);
+    let c = match method {
+        "ngd-empirical-gram" => c,
+        "ngd-empirical-cg-sample" => c
+            .with_solver(SolverKind::CgSample)
+            .with_cg_max_iters(10)
+            .with_cg_check_every(0),
+        "ngd-empirical-cg-param" => c
+            .with_solver(SolverKind::CgParam)
+            .with_cg_max_iters(10)
+            .with_cg_check_every(0),
+        "ngd-sampled-1" => c.with_fisher(FisherKind::Sampled { samples: 1 }),
+        "ngd-sampled-4" => c.with_fisher(FisherKind::Sampled { samples: 4 }),
+        _ => return None,
+    };
+    Some(c.build())
+}
+
+/// One training step (or pass) of `method`; returns the model. Ends with a host read so that
+/// asynchronous backends have finished the work.
+fn step(
+    method: &str,
+    model: Mlp,
+    optim: &mut ModuleOptimizer,
+    ng: Option<&NaturalGradient>,
+    x: &Tensor<2>,
+    y: &Tensor<1, Int>,
+) -> Mlp {
+    let ce = |logits: Tensor<2>| {
+        CrossEntropyLossConfig::new()
+            .init(&logits.device())
+            .forward(logits, y.clone())
+    };
+    let model = match (method, ng) {
+        (_, Some(ng)) => {
+            let (mut cap, xs) = ng.capture(x.clone());
+            let logits = model.forward_with(xs, &mut cap);
+            let out = ng.classification(&model, cap, logits, y.clone());
+            ng.step(optim, 0.1, model, out.grads)
+        }
+        ("factors", None) => {
+            let mut cap = Capture::new();
+            let loss = ce(model.forward_with(x.clone(), &mut cap));
+            let grads = loss.backward();
+            let factors = cap.into_factors(&grads).expect("factors");
+            let _ = GradientsParams::from_grads(grads, &model);
+            let _ = factors[0].output_grad.clone().sum().into_scalar::<f32>();
+            model
+        }
+        ("forward-backward", None) => {
+            let loss = ce(model.forward_with(x.clone(), &mut Capture::disabled()));
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let g: Tensor<2> = grads.get(model.layers[0].weight.id).expect("grad");
+            let _ = g.sum().into_scalar::<f32>();
+            model
+        }
+        _ => {
+            let loss = ce(model.forward_with(x.clone(), &mut Capture::disabled()));
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            optim.step(0.01, model, grads)
+        }
+    };
+    let _ = model.layers[0].weight.val().sum().into_scalar::<f32>();
+    model
+}
+
+/// Child: measure one configuration, print `median_ms peak_mb`.
+fn child(backend: &str, model_name: &str, batch: usize, method: &str, steps: usize) {
+    let base = rss_kb("VmRSS:");
+    let device = device(backend);
+    let mut model = Mlp::new(&sizes(model_name), &device);
+    let x = Tensor::<2>::random([batch, 784], Distribution::Uniform(0.0, 1.0), &device);
+    let y = Tensor::<2>::random([batch, 1], Distribution::Uniform(0.0, 10.0), &device)
+        .int()
+        .reshape([batch])
+        .clamp(0, 9);
+    let ng = natgrad(method);
+    let mut optim = match (&ng, method) {
+        (Some(ng), _) => ng.module_optimizer(),
+        (None, "adam") => AdamConfig::new().init(),
+        _ => SgdConfig::new().init(),
+    };
+    for _ in 0..3 {
+        model = step(method, model, &mut optim, ng.as_ref(), &x, &y);
+    }
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let t = Instant::now();
+        model = step(method, model, &mut optim, ng.as_ref(), &x, &y);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let peak = (rss_kb("VmHWM:") - base) / 1024.0;
+    println!("{} {}", times[times.len() / 2], peak);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--child") {
+        let steps = args[6].parse().expect("steps");
+        child(
+            &args[2],
+            &args[3],
+            args[4].parse().expect("batch"),
+            &args[5],
+            steps,
+        );
+        return;
+    }
+    let mut backends: Vec<&str> = Vec::new();
+    #[cfg(feature = "ndarray")]
+    backends.push("ndarray");
+    #[cfg(feature = "flex")]
+    backends.push("flex");
+    #[cfg(feature = "wgpu")]
+    if args.iter().any(|a| a == "--wgpu") {
+        backends.push("wgpu");
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let models: &[&str] = if quick {
+        &["mlp-128"]
+    } else {
+        &["mlp-128", "mlp-1024"]
+    };
+    let batches: &[usize] = if quick { &[128] } else { &[128, 512] };
+    let exe = std::env::current_exe().expect("current exe");
+    let mut csv = String::from("backend,model,batch,method,median_ms,ratio_vs_sgd,peak_mb\n");
+    println!("| backend | model | batch | method | median ms | × SGD | peak MB | × SGD |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for backend in &backends {
+        for model in models {
+            for &batch in batches {
+                let steps = if *model == "mlp-1024" && batch == 512 {
+                    10
+                } else {
+                    30
+                };
+                let mut sgd: Option<(f64, f64)> = None;
+                for method in METHODS {
+                    let out = Command::new(&exe)
+                        .args([
+                            "--child",
+                            backend,
+                            model,
+                            &batch.to_string(),
+                            method,
+                            &steps.to_string(),
+                        ])
+                        .output()
+                        .expect("run child");
+                    let text = String::from_utf8_lossy(&out.stdout);
+                    let mut it = text
+                        .split_whitespace()
+                        .map(|v| v.parse::<f64>().unwrap_or(f64::NAN));
+                    let (ms, mb) = (it.next().unwrap_or(f64::NAN), it.next().unwrap_or(f64::NAN));
+                    if !out.status.success() {
+                        eprintln!(
+                            "{backend} {model} {batch} {method}: failed:\n{}",
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                    }
+                    let (sgd_ms, sgd_mb) = *sgd.get_or_insert((ms, mb));
+                    println!(
+                        "| {backend} | {model} | {batch} | {method} | {ms:.2} | {:.2} | {mb:.1} | {:.2} |",
+                        ms / sgd_ms,
+                        mb / sgd_mb
+                    );
+                    let _ = writeln!(
+                        csv,
+                        "{backend},{model},{batch},{method},{ms:.3},{:.3},{mb:.1}",
+                        ms / sgd_ms
+                    );
+                }
+            }
+        }
+    }
+    let dir = PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
+        .join("bench");
+    std::fs::create_dir_all(&dir).expect("create target/bench");
+    let path = dir.join("results.csv");
+    std::fs::write(&path, csv).expect("write results.csv");
+    println!("\nwrote {}", path.display());
+}
