@@ -52,6 +52,28 @@ impl LinearFactors {
             .mul_scalar(scale)
     }
 
+    /// The minibatch gradient of the weight, `Σᵢ xᵢᵀ Δᵢ`, `[in, out]` (autodiff does not compute
+    /// it for captured layers).
+    pub fn weight_grad(&self) -> Tensor<2> {
+        let [n, t, d_in] = self.input.dims();
+        let d_out = self.output_grad.dims()[2];
+        self.input
+            .clone()
+            .reshape([n * t, d_in])
+            .transpose()
+            .matmul(self.output_grad.clone().reshape([n * t, d_out]))
+    }
+
+    /// The minibatch gradient of the bias, `Σᵢ Σ_t Δᵢₜ`, `[out]`.
+    pub fn bias_grad(&self) -> Tensor<1> {
+        let d_out = self.output_grad.dims()[2];
+        self.output_grad
+            .clone()
+            .sum_dim(0)
+            .sum_dim(1)
+            .reshape([d_out])
+    }
+
     /// The per-example gradients of the bias, `[N, out]`, each multiplied by `scale`.
     pub fn per_example_bias_grads(&self, scale: f64) -> Tensor<2> {
         let [n, _, out] = self.output_grad.dims();
@@ -144,7 +166,10 @@ impl Capture {
     }
 
     /// `layer.forward(input)`, recording the layer input and adding a zero probe leaf to its
-    /// output. `input` is `[N, in]` or `[N, …, in]`: dimension 0 indexes the examples, the
+    /// output. The layer's parameters enter the graph detached: the backward pass computes no
+    /// gradient for them (their gradients come from the factors, see
+    /// [`LinearFactors::weight_grad`]). A frozen layer (weight without `require_grad`) is not
+    /// recorded. `input` is `[N, in]` or `[N, …, in]`: dimension 0 indexes the examples, the
     /// middle dimensions (a sequence) are summed over in the per-example gradient.
     ///
     /// # Panics
@@ -174,7 +199,17 @@ impl Capture {
         let n = dims[0];
         let d_in = dims[D - 1];
         let t: usize = dims[1..D - 1].iter().product();
-        let output = layer.forward(input.clone());
+        if !layer.weight.val().is_require_grad() {
+            // A frozen layer has nothing to precondition.
+            return layer.forward(input);
+        }
+        // The parameters enter detached: autodiff then skips the weight-gradient matmuls, which
+        // the factors replace (the minibatch gradient is `Σᵢ xᵢᵀΔᵢ`).
+        let output = burn::tensor::module::linear(
+            input.clone(),
+            layer.weight.val().detach(),
+            layer.bias.as_ref().map(|b| b.val().detach()),
+        );
         let d_out = output.dims()[D - 1];
         let probe = Tensor::<3>::zeros([n, t, d_out], &output.device()).require_grad();
         let shape = output.shape();

@@ -24,6 +24,12 @@ const TAG_INPUT: u64 = 0x6e67_5f69_6e70_7574; // "ng_input"
 const TAG_OUTPUT_GRAD: u64 = 0x6e67_5f64_656c_7461; // "ng_delta"
 const TAG_BIAS: u64 = 0x6e67_5f62_6961_7300; // "ng_bias"
 const TAG_ROWS: u64 = 0x6e67_5f72_6f77_7300; // "ng_rows"
+const TAG_GRADIENT_WEIGHT: u64 = 0x6e67_5f67_7765_6967; // "ng_gweig"
+
+/// Where the implicit-gradient weight `w` is registered: see [`Factors::gradient_weight`].
+pub(crate) fn gradient_weight_id() -> ParamId {
+    derived_id(ParamId::from(0), TAG_GRADIENT_WEIGHT)
+}
 
 /// The id under which a factor of parameter `id` is registered in a [`GradientsParams`].
 ///
@@ -237,8 +243,9 @@ pub struct Block {
     pub group: String,
     /// The parameter's own shape.
     pub dims: Vec<usize>,
-    /// The minibatch gradient in the matrix view.
-    pub grad: Tensor<2>,
+    /// The minibatch gradient in the matrix view, when registered explicitly; `None` when it is
+    /// implicit, `Uᵀ (w·1)` (see [`Factors::gradient_weight`]).
+    pub grad: Option<Tensor<2>>,
     /// The per-example factors.
     pub factors: BlockFactors,
 }
@@ -248,6 +255,11 @@ pub struct Block {
 pub struct Factors {
     /// One block per trainable parameter tensor.
     pub blocks: Vec<Block>,
+    /// For the empirical Fisher the gradient lies in the span of the factors: `g = Uᵀ (w·1)`
+    /// with the scalar `w` (`[1]`), here when the gradients were left implicit. Then
+    /// `U g = K (w·1)` and `(F + λI)⁻¹ g = Uᵀ (w·1 − β) / λ`, which spares one product per layer
+    /// (and autodiff never computed the weight gradients at all).
+    pub gradient_weight: Option<Tensor<1>>,
 }
 
 impl Factors {
@@ -265,7 +277,10 @@ impl Factors {
             blocks: Vec::new(),
             uncaptured: Vec::new(),
             orphans: Vec::new(),
+            implicit: false,
         };
+        let gradient_weight = grads.get::<1>(gradient_weight_id());
+        collector.implicit = gradient_weight.is_some();
         module.visit(&mut collector);
         let Collector {
             blocks,
@@ -294,7 +309,25 @@ impl Factors {
                 blocks[0].path
             )));
         }
-        Ok(Factors { blocks })
+        Ok(Factors {
+            blocks,
+            gradient_weight,
+        })
+    }
+
+    /// The minibatch gradient of block `i`, in its matrix view (computed from the factors when
+    /// it is implicit).
+    pub fn gradient(&self, i: usize) -> Tensor<2> {
+        let block = &self.blocks[i];
+        match (&block.grad, &self.gradient_weight) {
+            (Some(g), _) => g.clone(),
+            (None, Some(w)) => {
+                let m = block.factors.rows();
+                let ones = Tensor::<2>::ones([m, 1], &w.device());
+                block.factors.back(&(ones * w.clone().reshape([1, 1])))
+            }
+            (None, None) => unreachable!("from_grads keeps only blocks with a gradient"),
+        }
     }
 
     /// Number of rows `M` shared by all blocks.
@@ -329,6 +362,8 @@ struct Collector<'a> {
     blocks: Vec<Block>,
     uncaptured: Vec<String>,
     orphans: Vec<String>,
+    /// Blocks with factors but no explicit gradient use the implicit one.
+    implicit: bool,
 }
 
 impl ModuleVisitor for Collector<'_> {
@@ -350,9 +385,12 @@ impl ModuleVisitor for Collector<'_> {
         let grad = self.grads.get::<D>(param.id);
         let factors = BlockFactors::lookup(param.id, self.grads);
         match (grad, factors) {
-            (Some(grad), Some(factors)) => {
-                let dims = grad.dims().to_vec();
+            (Some(_), None) => self.uncaptured.push(path),
+            (None, None) => {}
+            (None, Some(_)) if !self.implicit => self.orphans.push(path),
+            (grad, Some(factors)) => {
                 let view = factors.view_dims();
+                let dims = param.val().dims().to_vec();
                 let numel: usize = dims.iter().product();
                 if numel != view[0] * view[1] {
                     self.orphans
@@ -364,13 +402,10 @@ impl ModuleVisitor for Collector<'_> {
                     path,
                     group,
                     dims,
-                    grad: grad.reshape(view),
+                    grad: grad.map(|g| g.reshape(view)),
                     factors,
                 });
             }
-            (Some(_), None) => self.uncaptured.push(path),
-            (None, Some(_)) => self.orphans.push(path),
-            (None, None) => {}
         }
     }
 }

@@ -29,9 +29,9 @@ use burn::tensor::{Device, Int, Tensor};
 
 use crate::capture::Capture;
 use crate::error::NatGradError;
-use crate::factors::{BlockFactors, Factors};
+use crate::factors::{gradient_weight_id, BlockFactors, Factors};
 use crate::fisher::{check_targets, cross_entropy_rows, fisher_scale, labels_for, FisherKind};
-use crate::solver::{solve, CgOptions, SolverKind};
+use crate::solver::{solve, CgOptions, Gradient, SolverKind};
 
 /// Configuration of the [`NaturalGradient`] optimizer.
 #[derive(Config, Debug)]
@@ -226,7 +226,10 @@ pub struct NaturalGradientOutput {
     pub loss: Tensor<1>,
     /// Logits of the batch (the data copy), `[N, C]` (not tracked by autodiff).
     pub logits: Tensor<2>,
-    /// Parameter gradients plus the Fisher factors under derived ids. Pass it unchanged.
+    /// The Fisher factors under derived ids, with the gradients of uncaptured parameters (none,
+    /// unless the model has some) and of captured ones: explicit for the sampled Fisher,
+    /// implicit (`g = Uᵀ w`, see [`Factors::gradient`]) for the empirical one. Pass it
+    /// unchanged to [`NaturalGradient::step`] or [`NaturalGradient::precondition`].
     pub grads: GradientsParams,
 }
 
@@ -335,9 +338,15 @@ impl NaturalGradient {
         }
 
         let scale = fisher_scale(kind, n).sqrt();
+        if kind.copies() == 1 {
+            // Empirical: the factors are the data rows, g = Σ xᵢᵀΔᵢ = Uᵀ(1/scale · 1). Left
+            // implicit (the capture kept autodiff from computing it).
+            let w = Tensor::<1>::from_floats([1.0 / scale as f32], &logits.device());
+            grads.register(gradient_weight_id(), w);
+        }
         for layer in &layers {
             if kind.copies() > 1 {
-                // The parameter gradients mix all copies: the data gradient is the first copy's.
+                // Sampled: the data gradient is the first copy's; the Fisher uses the others.
                 let [_, t, d_in] = layer.input.dims();
                 let d_out = layer.output_grad.dims()[2];
                 let x = layer.input.clone().slice(0..n).reshape([n * t, d_in]);
@@ -395,7 +404,11 @@ impl NaturalGradient {
         let mut iterations = 0;
         for group in groups {
             let blocks: Vec<_> = group.iter().map(|&i| &factors.blocks[i]).collect();
-            let solution = solve(&blocks, c.solver, c.damping, &cg);
+            let gradient = match &factors.gradient_weight {
+                Some(w) if blocks.iter().all(|b| b.grad.is_none()) => Gradient::Implicit(w.clone()),
+                _ => Gradient::Explicit(group.iter().map(|&i| factors.gradient(i)).collect()),
+            };
+            let solution = solve(&blocks, gradient, c.solver, c.damping, &cg);
             let q = solution.ud.clone().square().sum();
             quadratic = Some(match quadratic {
                 Some(acc) => acc + q,

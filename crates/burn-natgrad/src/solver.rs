@@ -58,13 +58,32 @@ pub struct Solution {
 /// Smallest denominator used in CG's ratios, so that an exactly converged run stays finite.
 const TINY: f64 = 1e-30;
 
+/// The right-hand side `g` of the system, block by block.
+#[derive(Debug, Clone)]
+pub enum Gradient {
+    /// Explicit gradients, one per block, in each block's matrix view.
+    Explicit(Vec<Tensor<2>>),
+    /// `g = Uᵀ (w·1)` with the scalar `w` (`[1]`): the empirical Fisher's gradient.
+    Implicit(Tensor<1>),
+}
+
 /// Solves `(UᵀU + λI) d = g` for the given blocks.
-pub fn solve(blocks: &[&Block], kind: SolverKind, damping: f64, cg: &CgOptions) -> Solution {
-    let grads: Vec<Tensor<2>> = blocks.iter().map(|b| b.grad.clone()).collect();
+pub fn solve(
+    blocks: &[&Block],
+    gradient: Gradient,
+    kind: SolverKind,
+    damping: f64,
+    cg: &CgOptions,
+) -> Solution {
+    let m = blocks[0].factors.rows();
     match kind {
         SolverKind::Gram | SolverKind::CgSample => {
-            let b = project(blocks, &grads);
             let k = gram(blocks);
+            // b = U g.
+            let b = match &gradient {
+                Gradient::Explicit(g) => project(blocks, g),
+                Gradient::Implicit(w) => k.clone().sum_dim(1) * w.clone().reshape([1, 1]),
+            };
             let (beta, residual, iterations) = if kind == SolverKind::Gram {
                 (gram_direct(&k, &b, damping), None, 0)
             } else {
@@ -77,12 +96,18 @@ pub fn solve(blocks: &[&Block], kind: SolverKind, damping: f64, cg: &CgOptions) 
                 );
                 (beta.into_iter().next().unwrap(), Some(res), it)
             };
-            let correction = back(blocks, &beta);
-            let direction = grads
-                .into_iter()
-                .zip(correction)
-                .map(|(g, c)| (g - c).div_scalar(damping))
-                .collect();
+            // d = (g − Uᵀβ) / λ.
+            let direction = match gradient {
+                Gradient::Explicit(g) => g
+                    .into_iter()
+                    .zip(back(blocks, &beta))
+                    .map(|(g, c)| (g - c).div_scalar(damping))
+                    .collect(),
+                Gradient::Implicit(w) => {
+                    let coef = (beta.clone().neg() + w.reshape([1, 1])).div_scalar(damping);
+                    back(blocks, &coef)
+                }
+            };
             // U d = (U g − UUᵀ β) / λ.
             let ud = (b - k.matmul(beta)).div_scalar(damping);
             Solution {
@@ -93,6 +118,13 @@ pub fn solve(blocks: &[&Block], kind: SolverKind, damping: f64, cg: &CgOptions) 
             }
         }
         SolverKind::CgParam => {
+            let grads = match gradient {
+                Gradient::Explicit(g) => g,
+                Gradient::Implicit(w) => {
+                    let ones = Tensor::<2>::ones([m, 1], &w.device());
+                    back(blocks, &(ones * w.reshape([1, 1])))
+                }
+            };
             let (direction, residual, iterations) = conjugate_gradient(
                 |p: &[Tensor<2>]| {
                     back(blocks, &project(blocks, p))
@@ -192,6 +224,22 @@ pub fn gram_direct(k: &Tensor<2>, b: &Tensor<2>, damping: f64) -> Tensor<2> {
     Tensor::from_data(TensorData::new(beta, [m, 1]), &device)
 }
 
+/// `Σ a[i] b[i]` with four independent accumulators, so that the loop vectorises.
+fn dot_f64(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let chunks = a.len() / 4;
+    for c in 0..chunks {
+        for (k, slot) in acc.iter_mut().enumerate() {
+            *slot += a[4 * c + k] * b[4 * c + k];
+        }
+    }
+    let mut tail = 0.0;
+    for i in 4 * chunks..a.len() {
+        tail += a[i] * b[i];
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
 /// Solves `(A + λI) x = b` for a symmetric `m × m` row-major `A` by Cholesky; `None` if the
 /// matrix is not positive definite or not finite.
 pub fn cholesky_solve(a: &[f64], b: &[f64], m: usize, damping: f64) -> Option<Vec<f64>> {
@@ -199,9 +247,7 @@ pub fn cholesky_solve(a: &[f64], b: &[f64], m: usize, damping: f64) -> Option<Ve
     for i in 0..m {
         for j in 0..=i {
             let mut s = a[i * m + j] + if i == j { damping } else { 0.0 };
-            for p in 0..j {
-                s -= l[i * m + p] * l[j * m + p];
-            }
+            s -= dot_f64(&l[i * m..i * m + j], &l[j * m..j * m + j]);
             if i == j {
                 if s.is_nan() || s <= 0.0 || s.is_infinite() {
                     return None;
@@ -215,11 +261,7 @@ pub fn cholesky_solve(a: &[f64], b: &[f64], m: usize, damping: f64) -> Option<Ve
     // L y = b, then Lᵀ x = y.
     let mut y = vec![0.0f64; m];
     for i in 0..m {
-        let mut s = b[i];
-        for p in 0..i {
-            s -= l[i * m + p] * y[p];
-        }
-        y[i] = s / l[i * m + i];
+        y[i] = (b[i] - dot_f64(&l[i * m..i * m + i], &y[..i])) / l[i * m + i];
     }
     let mut x = vec![0.0f64; m];
     for i in (0..m).rev() {

@@ -42,10 +42,12 @@ fn check(bias: bool, sequence: bool) {
         let expected_blocks = if bias { 6 } else { 3 };
         assert_eq!(fp.blocks.len(), expected_blocks, "{name}");
         assert_eq!(fl.blocks.len(), expected_blocks, "{name}");
-        for (a, b) in fp.blocks.iter().zip(&fl.blocks) {
+        // The probe's gradients are implicit (empirical Fisher), the loop's explicit.
+        assert!(fp.gradient_weight.is_some() && fl.gradient_weight.is_none());
+        for (i, (a, b)) in fp.blocks.iter().zip(&fl.blocks).enumerate() {
             assert_eq!(a.path, b.path);
             let rows = rel_err(&host(a.factors.dense_rows()), &host(b.factors.dense_rows()));
-            let grad = rel_err(&host(a.grad.clone()), &host(b.grad.clone()));
+            let grad = rel_err(&host(fp.gradient(i)), &host(fl.gradient(i)));
             assert!(
                 rows <= 1e-5 && grad <= 1e-5,
                 "{name} bias={bias} seq={sequence} {}: per-example rows rel err {rows:e}, grad {grad:e}",
@@ -79,35 +81,57 @@ fn probe_matches_loop_3d_without_bias() {
 
 #[test]
 fn linear_factors_give_per_example_gradients() {
-    // The public LinearFactors view: N · xᵢᵀΔᵢ summed over i is N times the batch gradient.
+    // The public LinearFactors view against autodiff's gradients of the same loss without the
+    // capture: N · xᵢᵀΔᵢ averaged over i, and weight_grad(), are the batch gradient.
     for (name, device) in backends() {
         let model = Mlp::new(&[3, 4], true, 2, &device);
         let x = tensor(9, [6, 3], 1.0, &device);
-        let mut cap = Capture::new();
-        let logits = model.logits2(x, &mut cap);
-        let loss = burn::nn::loss::CrossEntropyLossConfig::new()
-            .init(&logits.device())
-            .forward(logits, labels(1, 6, 4, &device));
-        let grads = loss.backward();
-        let batch_grad = model.layers[0].weight.val().grad(&grads).unwrap();
-        let factors = cap.into_factors(&grads).unwrap();
-        assert_eq!(factors.len(), 1);
-        let per_example = factors[0].per_example_weight_grads(6.0);
-        assert_eq!(per_example.dims(), [6, 3, 4]);
-        let mean = per_example.mean_dim(0).reshape([3, 4]);
-        let err = rel_err(&host(mean), &host(batch_grad));
-        assert!(err <= 1e-5, "{name}: {err:e}");
-        let bias = factors[0]
-            .per_example_bias_grads(6.0)
-            .mean_dim(0)
-            .reshape([4]);
+        let y = labels(1, 6, 4, &device);
+        let ce = |logits| {
+            burn::nn::loss::CrossEntropyLossConfig::new()
+                .init(&device)
+                .forward(logits, y.clone())
+        };
+        let plain = ce(model.logits2(x.clone(), &mut Capture::disabled())).backward();
+        let batch_grad = model.layers[0].weight.val().grad(&plain).unwrap();
         let bias_grad = model.layers[0]
             .bias
             .as_ref()
             .unwrap()
             .val()
-            .grad(&grads)
+            .grad(&plain)
             .unwrap();
-        assert!(rel_err(&host(bias), &host(bias_grad)) <= 1e-5, "{name}");
+
+        let mut cap = Capture::new();
+        let grads = ce(model.logits2(x, &mut cap)).backward();
+        assert!(
+            model.layers[0].weight.val().grad(&grads).is_none(),
+            "captured weights are detached: autodiff computes no gradient for them"
+        );
+        let factors = cap.into_factors(&grads).unwrap();
+        assert_eq!(factors.len(), 1);
+        let per_example = factors[0].per_example_weight_grads(6.0);
+        assert_eq!(per_example.dims(), [6, 3, 4]);
+        let mean = per_example.mean_dim(0).reshape([3, 4]);
+        assert!(
+            rel_err(&host(mean), &host(batch_grad.clone())) <= 1e-5,
+            "{name}"
+        );
+        assert!(
+            rel_err(&host(factors[0].weight_grad()), &host(batch_grad)) <= 1e-5,
+            "{name}"
+        );
+        let bias = factors[0]
+            .per_example_bias_grads(6.0)
+            .mean_dim(0)
+            .reshape([4]);
+        assert!(
+            rel_err(&host(bias), &host(bias_grad.clone())) <= 1e-5,
+            "{name}"
+        );
+        assert!(
+            rel_err(&host(factors[0].bias_grad()), &host(bias_grad)) <= 1e-5,
+            "{name}"
+        );
     }
 }
