@@ -59,6 +59,8 @@ pub struct Solution {
 const TINY: f64 = 1e-30;
 
 /// The right-hand side `g` of the system, block by block.
+// A `Tensor` handle is larger than a `Vec`; one value per solve: not worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Gradient {
     /// Explicit gradients, one per block, in each block's matrix view.
