@@ -67,7 +67,7 @@ struct Args {
     /// Solver of the natural gradient.
     #[arg(long, value_enum, default_value_t = Solver::Gram)]
     solver: Solver,
-    /// Tikhonov damping λ of the natural gradient [default: 2 empirical, 1 sampled].
+    /// Tikhonov damping λ of the natural gradient [default: 5 empirical, 1 sampled].
     #[arg(long)]
     damping: Option<f64>,
     /// Learning rate of the natural gradient [default: 5 empirical, 1 sampled].
@@ -77,7 +77,7 @@ struct Args {
     /// sampled].
     #[arg(long)]
     kl_max: Option<f64>,
-    /// Momentum of the natural gradient, 0 for none [default: 0.5 empirical, 0 sampled].
+    /// Momentum of the natural gradient, 0 for none [default: 0.7 empirical, 0 sampled].
     #[arg(long)]
     momentum: Option<f64>,
     /// Learning rate of SGD (the best of its grid, see --sweep).
@@ -154,7 +154,7 @@ fn device(backend: Backend) -> Device {
 /// ones won `--sweep`; the sampled Fisher needs a trust region (see README).
 fn ngd_defaults(fisher: Fisher) -> (f64, f64, f64, f64) {
     match fisher {
-        Fisher::Empirical => (5.0, 2.0, 0.5, 0.0),
+        Fisher::Empirical => (5.0, 5.0, 0.7, 0.0),
         Fisher::Sampled => (1.0, 1.0, 0.0, 0.01),
     }
 }

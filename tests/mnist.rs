@@ -40,9 +40,9 @@ fn every_optimizer_trains_on_the_fixture_and_outputs_are_written() {
     let specs = [
         OptimizerSpec::Ngd {
             config: NaturalGradientConfig::new()
-                .with_damping(2.0)
+                .with_damping(5.0)
                 .with_momentum(Some(
-                    MomentumConfig::new().with_momentum(0.5).with_dampening(0.0),
+                    MomentumConfig::new().with_momentum(0.7).with_dampening(0.0),
                 )),
             lr: 5.0,
         },
