@@ -55,13 +55,10 @@ impl LinearFactors {
     /// The minibatch gradient of the weight, `Σᵢ xᵢᵀ Δᵢ`, `[in, out]` (autodiff does not compute
     /// it for captured layers).
     pub fn weight_grad(&self) -> Tensor<2> {
-        let [n, t, d_in] = self.input.dims();
-        let d_out = self.output_grad.dims()[2];
-        self.input
-            .clone()
-            .reshape([n * t, d_in])
-            .transpose()
-            .matmul(self.output_grad.clone().reshape([n * t, d_out]))
+        let n = self.input.dims()[0];
+        self.blocks()[0]
+            .1
+            .back(&Tensor::ones([n, 1], &self.input.device()))
     }
 
     /// The minibatch gradient of the bias, `Σᵢ Σ_t Δᵢₜ`, `[out]`.
@@ -82,6 +79,15 @@ impl LinearFactors {
             .sum_dim(1)
             .reshape([n, out])
             .mul_scalar(scale)
+    }
+
+    /// Keeps examples `start..end` (e.g. the data copy of a stacked batch).
+    pub fn slice_examples(&self, start: usize, end: usize) -> Self {
+        Self {
+            input: self.input.clone().slice(start..end),
+            output_grad: self.output_grad.clone().slice(start..end),
+            ..self.clone()
+        }
     }
 
     /// The weight's and (if any) the bias's factor blocks.

@@ -70,6 +70,19 @@ pub enum BlockFactors {
     },
 }
 
+/// A weight block's factors flattened over examples and sequence: `(M, T, X [M·T, in],
+/// Δ [M·T, out])`.
+fn flatten(input: &Tensor<3>, output_grad: &Tensor<3>) -> (usize, usize, Tensor<2>, Tensor<2>) {
+    let [m, t, d_in] = input.dims();
+    let d_out = output_grad.dims()[2];
+    (
+        m,
+        t,
+        input.clone().reshape([m * t, d_in]),
+        output_grad.clone().reshape([m * t, d_out]),
+    )
+}
+
 impl BlockFactors {
     /// Number of rows `M` (examples times Fisher samples).
     pub fn rows(&self) -> usize {
@@ -126,10 +139,7 @@ impl BlockFactors {
     pub fn gram(&self) -> Tensor<2> {
         match self {
             BlockFactors::Weight { input, output_grad } => {
-                let [m, t, d_in] = input.dims();
-                let d_out = output_grad.dims()[2];
-                let x = input.clone().reshape([m * t, d_in]);
-                let g = output_grad.clone().reshape([m * t, d_out]);
+                let (m, t, x, g) = flatten(input, output_grad);
                 let k = x.clone().matmul(x.transpose()) * g.clone().matmul(g.transpose());
                 if t == 1 {
                     k
@@ -149,10 +159,7 @@ impl BlockFactors {
     pub fn project(&self, v: &Tensor<2>) -> Tensor<2> {
         match self {
             BlockFactors::Weight { input, output_grad } => {
-                let [m, t, d_in] = input.dims();
-                let d_out = output_grad.dims()[2];
-                let x = input.clone().reshape([m * t, d_in]);
-                let g = output_grad.clone().reshape([m * t, d_out]);
+                let (m, t, x, g) = flatten(input, output_grad);
                 let per_row = (x.matmul(v.clone()) * g).sum_dim(1);
                 if t == 1 {
                     per_row
@@ -170,12 +177,10 @@ impl BlockFactors {
     pub fn back(&self, alpha: &Tensor<2>) -> Tensor<2> {
         match self {
             BlockFactors::Weight { input, output_grad } => {
-                let [m, t, d_in] = input.dims();
-                let d_out = output_grad.dims()[2];
-                let x = input.clone().reshape([m * t, d_in]);
-                let weighted = (output_grad.clone() * alpha.clone().reshape([m, 1, 1]))
-                    .reshape([m * t, d_out]);
-                x.transpose().matmul(weighted)
+                let m = input.dims()[0];
+                let weighted = output_grad.clone() * alpha.clone().reshape([m, 1, 1]);
+                let (_, _, x, g) = flatten(input, &weighted);
+                x.transpose().matmul(g)
             }
             BlockFactors::Bias { output_grad: rows } | BlockFactors::Dense { rows } => {
                 alpha.clone().transpose().matmul(rows.clone())

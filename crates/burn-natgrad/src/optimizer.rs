@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use burn::config::Config;
 use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ParamId};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{
@@ -324,19 +324,6 @@ impl NaturalGradient {
         let layers = capture.into_factors(&gradients)?;
         let mut grads = GradientsParams::from_grads(gradients, model);
 
-        let captured: Vec<ParamId> = layers
-            .iter()
-            .flat_map(|l| std::iter::once(l.weight).chain(l.bias))
-            .collect();
-        let uncaptured: Vec<String> = params_with_grads(model, &grads)
-            .into_iter()
-            .filter(|(id, _)| !captured.contains(id))
-            .map(|(_, path)| path)
-            .collect();
-        if !uncaptured.is_empty() {
-            return Err(NatGradError::UncapturedParameters { params: uncaptured });
-        }
-
         let scale = fisher_scale(kind, n).sqrt();
         if kind.copies() == 1 {
             // Empirical: the factors are the data rows, g = Σ xᵢᵀΔᵢ = Uᵀ(1/scale · 1). Left
@@ -369,6 +356,8 @@ impl NaturalGradient {
                 block.scaled(scale).register(id, &mut grads);
             }
         }
+        // Every parameter with a gradient must now have factors: names those the capture missed.
+        Factors::from_grads(model, &grads)?;
         Ok(NaturalGradientOutput {
             loss: data_loss,
             logits: logits.slice(0..n).inner(),
@@ -535,38 +524,6 @@ fn register_shaped(out: &mut GradientsParams, id: ParamId, d: Tensor<2>, dims: &
         6 => reg!(6),
         r => panic!("natural gradient: parameters of rank {r} are not supported (at most 6)"),
     }
-}
-
-/// `(id, path)` of every float parameter of `module` that has a gradient in `grads`.
-pub(crate) fn params_with_grads<M: Module>(
-    module: &M,
-    grads: &GradientsParams,
-) -> Vec<(ParamId, String)> {
-    struct V<'a> {
-        grads: &'a GradientsParams,
-        path: Vec<String>,
-        found: Vec<(ParamId, String)>,
-    }
-    impl ModuleVisitor for V<'_> {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if self.grads.get::<D>(param.id).is_some() {
-                self.found.push((param.id, self.path.join(".")));
-            }
-        }
-    }
-    let mut v = V {
-        grads,
-        path: Vec::new(),
-        found: Vec::new(),
-    };
-    module.visit(&mut v);
-    v.found
 }
 
 impl Optimizer for NaturalGradient {
