@@ -2,23 +2,9 @@
 
 mod common;
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
+use burn::module::Module;
 use burn_natgrad::{FisherKind, NaturalGradientConfig, SolverKind};
 use common::*;
-
-struct Gather<'a> {
-    grads: &'a GradientsParams,
-    out: &'a mut Vec<f64>,
-}
-
-impl ModuleVisitor for Gather<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.out
-            .extend(host(self.grads.get::<D>(param.id).unwrap()));
-    }
-}
 
 fn directions(device: &burn::tensor::Device, solver: SolverKind) -> Vec<f64> {
     let model = Mlp::new(&[6, 8, 4], true, 50, device);

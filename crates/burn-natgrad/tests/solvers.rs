@@ -94,21 +94,6 @@ fn check(fisher: FisherKind, block_diagonal: bool) {
     }
 }
 
-struct Gather<'a> {
-    grads: &'a burn::optim::GradientsParams,
-    out: &'a mut Vec<f64>,
-}
-
-impl burn::module::ModuleVisitor for Gather<'_> {
-    fn visit_float<const D: usize>(
-        &mut self,
-        param: &burn::module::Param<burn::tensor::Tensor<D>>,
-    ) {
-        self.out
-            .extend(host(self.grads.get::<D>(param.id).unwrap()));
-    }
-}
-
 #[test]
 fn solvers_match_dense_empirical() {
     check(FisherKind::Empirical, false);

@@ -158,6 +158,22 @@ impl Mlp {
     }
 }
 
+/// Collects, in module order, the tensors `grads` holds for a module's parameters (host, f64).
+pub struct Gather<'a> {
+    pub grads: &'a burn::optim::GradientsParams,
+    pub out: &'a mut Vec<f64>,
+}
+
+impl burn::module::ModuleVisitor for Gather<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let t = self
+            .grads
+            .get::<D>(param.id)
+            .expect("a tensor for every parameter");
+        self.out.extend(host(t));
+    }
+}
+
 /// Host copy of a tensor as f64.
 pub fn host<const D: usize>(t: Tensor<D>) -> Vec<f64> {
     t.into_data()
