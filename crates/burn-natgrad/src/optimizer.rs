@@ -334,17 +334,10 @@ impl NaturalGradient {
         for layer in &layers {
             if kind.copies() > 1 {
                 // Sampled: the data gradient is the first copy's; the Fisher uses the others.
-                let [_, t, d_in] = layer.input.dims();
-                let d_out = layer.output_grad.dims()[2];
-                let x = layer.input.clone().slice(0..n).reshape([n * t, d_in]);
-                let g = layer
-                    .output_grad
-                    .clone()
-                    .slice(0..n)
-                    .reshape([n * t, d_out]);
-                grads.register(layer.weight, x.transpose().matmul(g.clone()));
+                let data = layer.slice_examples(0, n);
+                grads.register(layer.weight, data.weight_grad());
                 if let Some(bias) = layer.bias {
-                    grads.register(bias, g.sum_dim(0).reshape([d_out]));
+                    grads.register(bias, data.bias_grad());
                 }
             }
             for (id, block) in layer.blocks() {
