@@ -1,7 +1,7 @@
 //! Step-time and memory benchmark: SGD, Adam and the natural gradient (every solver, empirical
 //! and sampled Fisher), the per-example factor pass and a plain forward+backward, on MLPs
-//! 784-128-10 and 784-1024-1024-10 at batch 128 and 512, on every CPU backend compiled in (and
-//! wgpu with `--wgpu`). Ratios are to SGD measured in the same run. Writes
+//! 784-128-10, 784-512-512-10 and 784-1024-1024-10 at batch 128, 256 and 512, on every CPU
+//! backend compiled in (and wgpu with `--wgpu`; `--quick`: MLP-128 at batch 128 only). Ratios are to SGD measured in the same run. Writes
 //! `target/bench/results.csv`.
 //!
 //! ```text
@@ -69,6 +69,7 @@ impl Mlp {
 fn sizes(model: &str) -> Vec<usize> {
     match model {
         "mlp-128" => vec![784, 128, 10],
+        "mlp-512" => vec![784, 512, 512, 10],
         "mlp-1024" => vec![784, 1024, 1024, 10],
         other => panic!("unknown model {other}"),
     }
@@ -223,9 +224,9 @@ fn main() {
     let models: &[&str] = if quick {
         &["mlp-128"]
     } else {
-        &["mlp-128", "mlp-1024"]
+        &["mlp-128", "mlp-512", "mlp-1024"]
     };
-    let batches: &[usize] = if quick { &[128] } else { &[128, 512] };
+    let batches: &[usize] = if quick { &[128] } else { &[128, 256, 512] };
     let exe = std::env::current_exe().expect("current exe");
     let mut csv = String::from("backend,model,batch,method,median_ms,ratio_vs_sgd,peak_mb\n");
     println!("| backend | model | batch | method | median ms | × SGD | peak MB | × SGD |");
@@ -233,7 +234,7 @@ fn main() {
     for backend in &backends {
         for model in models {
             for &batch in batches {
-                let steps = if *model == "mlp-1024" && batch == 512 {
+                let steps = if *model != "mlp-128" && batch == 512 {
                     10
                 } else {
                     30
