@@ -211,16 +211,18 @@ pub fn conjugate_gradient(
 pub fn gram_direct(k: &Tensor<2>, b: &Tensor<2>, damping: f64) -> Tensor<2> {
     let m = b.dims()[0];
     let device = b.device();
-    let kd: Vec<f64> = k
-        .to_data()
+    // One device read: [K | b], row-major [m, m + 1].
+    let kb: Vec<f64> = Tensor::cat(vec![k.clone(), b.clone()], 1)
+        .into_data()
         .convert::<f64>()
         .try_into_vec::<f64>()
         .expect("float data");
-    let bd: Vec<f64> = b
-        .to_data()
-        .convert::<f64>()
-        .try_into_vec::<f64>()
-        .expect("float data");
+    let mut kd = Vec::with_capacity(m * m);
+    let mut bd = Vec::with_capacity(m);
+    for row in kb.chunks_exact(m + 1) {
+        kd.extend_from_slice(&row[..m]);
+        bd.push(row[m]);
+    }
     let beta = cholesky_solve(&kd, &bd, m, damping).unwrap_or_else(|| vec![f64::NAN; m]);
     let beta: Vec<f32> = beta.into_iter().map(|v| v as f32).collect();
     Tensor::from_data(TensorData::new(beta, [m, 1]), &device)

@@ -135,3 +135,46 @@ fn linear_factors_give_per_example_gradients() {
         );
     }
 }
+
+#[test]
+fn shared_layer_uses_are_summed_per_example() {
+    // Layer 0 is applied twice (weight sharing): its per-example gradient is the sum over both
+    // uses, which the capture gets by concatenating the uses along T.
+    fn forward(m: &Mlp, x: burn::tensor::Tensor<2>, cap: &mut Capture) -> burn::tensor::Tensor<2> {
+        let h = burn::tensor::activation::relu(cap.linear(&m.layers[0], x));
+        let h = burn::tensor::activation::relu(cap.linear(&m.layers[0], h));
+        cap.linear(&m.layers[1], h)
+    }
+    for (name, device) in backends() {
+        let model = Mlp::new(&[5, 5, 3], true, 13, &device);
+        let ng = NaturalGradientConfig::new().build();
+        let x = tensor(6, [8, 5], 1.0, &device);
+        let y = labels(7, 8, 3, &device);
+        let (mut cap, xc) = ng.capture(x.clone());
+        let logits = forward(&model, xc, &mut cap);
+        assert_eq!(cap.len(), 3, "three layer uses recorded");
+        let probe = ng
+            .try_classification(&model, cap, logits, y.clone())
+            .unwrap();
+        let looped = per_example_classification(&ng, &model, x, y, |m: &Mlp, x| {
+            forward(m, x, &mut Capture::disabled())
+        })
+        .unwrap();
+        let fp = Factors::from_grads(&model, &probe.grads).unwrap();
+        let fl = Factors::from_grads(&model, &looped.grads).unwrap();
+        assert_eq!(
+            fp.blocks.len(),
+            4,
+            "{name}: two layers, weight and bias each"
+        );
+        for (i, (a, b)) in fp.blocks.iter().zip(&fl.blocks).enumerate() {
+            let rows = rel_err(&host(a.factors.dense_rows()), &host(b.factors.dense_rows()));
+            let grad = rel_err(&host(fp.gradient(i)), &host(fl.gradient(i)));
+            assert!(
+                rows <= 1e-5 && grad <= 1e-5,
+                "{name} {}: rows {rows:e}, grad {grad:e}",
+                a.path
+            );
+        }
+    }
+}
