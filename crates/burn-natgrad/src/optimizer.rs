@@ -237,7 +237,9 @@ pub struct NaturalGradientOutput {
 #[derive(Debug)]
 pub struct Preconditioned {
     /// The natural-gradient directions under the parameters' ids, or `None` if the step is
-    /// skipped (non-finite direction or residual).
+    /// skipped (non-finite direction or residual). Apply them with this `NaturalGradient`'s
+    /// [`ModuleOptimizer`]: `optim.step(lr, module, directions)`, which is what
+    /// [`NaturalGradient::step`] does.
     pub directions: Option<GradientsParams>,
     /// Predicted `dᵀFd` of the direction before the trust region.
     pub quadratic: f64,
