@@ -73,12 +73,13 @@ impl LinearFactors {
 
     /// The per-example gradients of the bias, `[N, out]`, each multiplied by `scale`.
     pub fn per_example_bias_grads(&self, scale: f64) -> Tensor<2> {
+        self.bias_rows().mul_scalar(scale)
+    }
+
+    /// `Σ_t Δᵢₜ` per example, `[N, out]`.
+    fn bias_rows(&self) -> Tensor<2> {
         let [n, _, out] = self.output_grad.dims();
-        self.output_grad
-            .clone()
-            .sum_dim(1)
-            .reshape([n, out])
-            .mul_scalar(scale)
+        self.output_grad.clone().sum_dim(1).reshape([n, out])
     }
 
     /// Keeps examples `start..end` (e.g. the data copy of a stacked batch).
@@ -103,7 +104,7 @@ impl LinearFactors {
             blocks.push((
                 bias,
                 BlockFactors::Bias {
-                    output_grad: self.per_example_bias_grads(1.0),
+                    output_grad: self.bias_rows(),
                 },
             ));
         }

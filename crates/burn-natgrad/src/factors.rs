@@ -26,6 +26,12 @@ const TAG_BIAS: u64 = 0x6e67_5f62_6961_7300; // "ng_bias"
 const TAG_ROWS: u64 = 0x6e67_5f72_6f77_7300; // "ng_rows"
 const TAG_GRADIENT_WEIGHT: u64 = 0x6e67_5f67_7765_6967; // "ng_gweig"
 
+/// The sample-space vector `w·1` (`[m, 1]`) whose back-projection `Uᵀ(w·1)` is the implicit
+/// gradient.
+pub(crate) fn uniform_weights(m: usize, w: &Tensor<1>) -> Tensor<2> {
+    Tensor::<2>::ones([m, 1], &w.device()) * w.clone().reshape([1, 1])
+}
+
 /// Where the implicit-gradient weight `w` is registered: see [`Factors::gradient_weight`].
 pub(crate) fn gradient_weight_id() -> ParamId {
     derived_id(ParamId::from(0), TAG_GRADIENT_WEIGHT)
@@ -326,11 +332,9 @@ impl Factors {
         let block = &self.blocks[i];
         match (&block.grad, &self.gradient_weight) {
             (Some(g), _) => g.clone(),
-            (None, Some(w)) => {
-                let m = block.factors.rows();
-                let ones = Tensor::<2>::ones([m, 1], &w.device());
-                block.factors.back(&(ones * w.clone().reshape([1, 1])))
-            }
+            (None, Some(w)) => block
+                .factors
+                .back(&uniform_weights(block.factors.rows(), w)),
             (None, None) => unreachable!("from_grads keeps only blocks with a gradient"),
         }
     }

@@ -17,8 +17,9 @@
 use burn::config::Config;
 use burn::tensor::{Tensor, TensorData};
 
+use crate::factors::uniform_weights;
 use crate::factors::Block;
-use crate::fisher::{back, gram, project};
+use crate::fisher::{back, fisher_vector_product, gram, project};
 
 /// How the damped system is solved.
 #[derive(Config, Debug, PartialEq, Eq, Copy)]
@@ -122,14 +123,11 @@ pub fn solve(
         SolverKind::CgParam => {
             let grads = match gradient {
                 Gradient::Explicit(g) => g,
-                Gradient::Implicit(w) => {
-                    let ones = Tensor::<2>::ones([m, 1], &w.device());
-                    back(blocks, &(ones * w.reshape([1, 1])))
-                }
+                Gradient::Implicit(w) => back(blocks, &uniform_weights(m, &w)),
             };
             let (direction, residual, iterations) = conjugate_gradient(
                 |p: &[Tensor<2>]| {
-                    back(blocks, &project(blocks, p))
+                    fisher_vector_product(blocks, p)
                         .into_iter()
                         .zip(p)
                         .map(|(fp, p)| fp + p.clone().mul_scalar(damping))
