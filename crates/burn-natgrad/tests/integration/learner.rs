@@ -2,10 +2,9 @@
 //! (the `TrainStep::optimize` override), and ends with a lower validation loss than SGD with the
 //! same learning-rate budget, on every backend.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::common::*;
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::InMemDataset;
@@ -20,7 +19,6 @@ use burn::train::{
     ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
 };
 use burn_natgrad::{Capture, NaturalGradient, NaturalGradientConfig};
-use common::*;
 
 #[derive(Module, Debug)]
 struct Net {

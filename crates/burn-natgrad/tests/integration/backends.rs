@@ -1,10 +1,8 @@
 //! The same inputs give the same natural-gradient directions on every compiled backend.
 
-mod common;
-
+use crate::common::*;
 use burn::module::Module;
 use burn_natgrad::{FisherKind, NaturalGradientConfig, SolverKind};
-use common::*;
 
 fn directions(device: &burn::tensor::Device, solver: SolverKind) -> Vec<f64> {
     let model = Mlp::new(&[6, 8, 4], true, 50, device);

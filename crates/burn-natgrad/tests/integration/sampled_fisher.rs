@@ -8,12 +8,10 @@
 //! 5σ bound. The empirical Fisher (data labels) must miss by more than 0.2, so the test tells
 //! the two apart.
 
-mod common;
-
+use crate::common::*;
 use burn_natgrad::factors::{Block, Factors};
 use burn_natgrad::fisher::dense_fisher;
 use burn_natgrad::{FisherKind, NaturalGradientConfig};
-use common::*;
 
 fn frob_rel(a: &[f64], b: &[f64]) -> f64 {
     let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
@@ -64,6 +62,7 @@ fn sampled_fisher_expectation_matches_exact_fisher() {
 
         let fisher_of = |fisher: FisherKind| {
             let ng = NaturalGradientConfig::new().with_fisher(fisher).build();
+            let _rng = rng_lock();
             device.seed(1234);
             let (mut cap, xc) = ng.capture(x.clone());
             let logits = model.logits2(xc, &mut cap);

@@ -1,14 +1,12 @@
 //! Every bad input gets a clear error that says what to change, and loses nothing.
 
-mod common;
-
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use crate::common::*;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 use burn_natgrad::{Capture, FisherKind, NatGradError, NaturalGradientConfig, SolverKind};
-use common::*;
 
 fn panic_message(f: impl FnOnce()) -> String {
     let hook = std::panic::take_hook();

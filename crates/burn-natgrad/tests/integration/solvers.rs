@@ -2,20 +2,19 @@
 //! `(F + λI)⁻¹ g` computed on the host in f64, for the empirical and the sampled Fisher,
 //! coupled and block-diagonal, on every backend.
 
-mod common;
-
+use crate::common::*;
 use burn::module::Module;
 use burn_natgrad::factors::{Block, Factors};
 use burn_natgrad::fisher::dense_rows;
 use burn_natgrad::solver::cholesky_solve;
 use burn_natgrad::{FisherKind, NaturalGradientConfig, NaturalGradientOutput, SolverKind};
-use common::*;
 
 const DAMPING: f64 = 0.05;
 
 fn captured(fisher: FisherKind, device: &burn::tensor::Device) -> (Mlp, NaturalGradientOutput) {
     let model = Mlp::new(&[4, 6, 3], true, 21, device);
     let ng = NaturalGradientConfig::new().with_fisher(fisher).build();
+    let _rng = rng_lock();
     device.seed(7);
     let (mut cap, x) = ng.capture(tensor(4, [8, 4], 1.0, device));
     let logits = model.logits2(x, &mut cap);

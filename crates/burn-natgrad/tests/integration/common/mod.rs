@@ -193,3 +193,10 @@ pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     let den = b.iter().map(|y| y.abs()).fold(0.0, f64::max).max(1e-30);
     num / den
 }
+
+/// Serializes the tests that seed a backend's random generator and then draw from it: the
+/// generator is global per backend, and the tests of this binary run on parallel threads.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,10 +1,8 @@
 //! Probe factors against the exact per-example loop (the oracle), on every backend.
 
-mod common;
-
+use crate::common::*;
 use burn_natgrad::factors::Factors;
 use burn_natgrad::{per_example_classification, Capture, NaturalGradientConfig};
-use common::*;
 
 fn check(bias: bool, sequence: bool) {
     for (name, device) in backends() {

@@ -1,12 +1,10 @@
 //! Optimizer records round-trip: save the state mid-training, load it into a fresh optimizer,
 //! continue, and land on the same weights as uninterrupted training.
 
-mod common;
-
+use crate::common::*;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::ModuleOptimizer;
 use burn_natgrad::{NaturalGradient, NaturalGradientConfig};
-use common::*;
 
 fn step(ng: &NaturalGradient, optim: &mut ModuleOptimizer, model: Mlp, seed: u64) -> Mlp {
     let device = model.layers[0].weight.val().device();

@@ -1,0 +1,12 @@
+//! burn-natgrad's integration tests, in one test binary (one link of Burn and its backends
+//! instead of one per file: the debug build stays small enough for CI's disk).
+
+mod common;
+
+mod backends;
+mod errors;
+mod learner;
+mod per_example;
+mod records;
+mod sampled_fisher;
+mod solvers;
