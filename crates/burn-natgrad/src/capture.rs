@@ -13,14 +13,15 @@ use burn::tensor::Gradients;
 use burn::tensor::Tensor;
 
 use crate::error::NatGradError;
-use crate::factors::BlockFactors;
+use crate::factors::{expand_rows, slice_periodic, BlockFactors};
 
 /// One use of a Linear layer recorded by [`Capture::linear`].
 #[derive(Clone, Debug)]
 struct Record {
     weight: ParamId,
     bias: Option<ParamId>,
-    /// Layer input, without autodiff, `[N, T, in]`.
+    /// Layer input, without autodiff, `[P, T, in]`: `P = N`, or `N / copies` for a layer
+    /// computed once for all copies of the batch (see [`Capture::linear`]).
     input: Tensor<3>,
     /// The probe leaf, `[N, T, out]`.
     probe: Tensor<3>,
@@ -33,8 +34,10 @@ pub struct LinearFactors {
     pub weight: ParamId,
     /// The layer's bias parameter, if it has one.
     pub bias: Option<ParamId>,
-    /// Layer inputs `[N, T, in]` (`T = 1` for 2-D inputs; uses of a shared layer are
-    /// concatenated along `T`).
+    /// Layer inputs `[P, T, in]` (`T = 1` for 2-D inputs; uses of a shared layer are
+    /// concatenated along `T`). `P` divides `N`, and example `i` used input row `i mod P`: `P`
+    /// is smaller than `N` for a layer whose input was the same for every copy of the batch
+    /// (the sampled Fisher's copies), computed once (see [`Capture::linear`]).
     pub input: Tensor<3>,
     /// Gradient of the loss at the layer output, `[N, T, out]`, as the backward pass produced it
     /// (for a mean loss it carries the `1/N`).
@@ -45,8 +48,7 @@ impl LinearFactors {
     /// The per-example gradients of the weight, `[N, in, out]`, each multiplied by `scale`
     /// (pass `N` to undo the `1/N` of a mean loss). Materializes `N × in × out`: for tests.
     pub fn per_example_weight_grads(&self, scale: f64) -> Tensor<3> {
-        self.input
-            .clone()
+        self.full_input()
             .swap_dims(1, 2)
             .matmul(self.output_grad.clone())
             .mul_scalar(scale)
@@ -55,7 +57,7 @@ impl LinearFactors {
     /// The minibatch gradient of the weight, `Σᵢ xᵢᵀ Δᵢ`, `[in, out]` (autodiff does not compute
     /// it for captured layers).
     pub fn weight_grad(&self) -> Tensor<2> {
-        let n = self.input.dims()[0];
+        let n = self.output_grad.dims()[0];
         self.blocks()[0]
             .1
             .back(&Tensor::ones([n, 1], &self.input.device()))
@@ -84,11 +86,17 @@ impl LinearFactors {
 
     /// Keeps examples `start..end` (e.g. the data copy of a stacked batch).
     pub fn slice_examples(&self, start: usize, end: usize) -> Self {
+        let rows = self.output_grad.dims()[0];
         Self {
-            input: self.input.clone().slice(start..end),
+            input: slice_periodic(&self.input, rows, start, end),
             output_grad: self.output_grad.clone().slice(start..end),
             ..self.clone()
         }
+    }
+
+    /// The layer inputs with one row per example, `[N, T, in]` (`input` repeated when `P < N`).
+    pub fn full_input(&self) -> Tensor<3> {
+        expand_rows(&self.input, self.output_grad.dims()[0])
     }
 
     /// The weight's and (if any) the bias's factor blocks.
@@ -132,6 +140,9 @@ impl LinearFactors {
 pub struct Capture {
     records: Vec<Record>,
     enabled: bool,
+    /// How many stacked copies of the batch the forward pass carries (the sampled Fisher's
+    /// `k + 1`; 1 otherwise).
+    copies: usize,
 }
 
 impl Default for Capture {
@@ -146,6 +157,7 @@ impl Capture {
         Self {
             records: Vec::new(),
             enabled: true,
+            copies: 1,
         }
     }
 
@@ -154,6 +166,15 @@ impl Capture {
         Self {
             records: Vec::new(),
             enabled: false,
+            copies: 1,
+        }
+    }
+
+    /// A capture for a forward pass on `copies` stacked copies of the batch.
+    pub(crate) fn with_copies(copies: usize) -> Self {
+        Self {
+            copies: copies.max(1),
+            ..Self::new()
         }
     }
 
@@ -182,6 +203,13 @@ impl Capture {
     /// # Panics
     /// If the capture is enabled and `input` has rank 1 (no example dimension), or is not on an
     /// autodiff device.
+    ///
+    /// For the sampled Fisher the batch is stacked `k + 1` times ([`NaturalGradient::capture`]
+    /// makes such a capture): a layer whose input carries no gradient (it derives from the data
+    /// alone, e.g. the first layer) is then computed once, on the first copy, and its output
+    /// repeated, so every copy shares that forward pass.
+    ///
+    /// [`NaturalGradient::capture`]: crate::NaturalGradient::capture
     pub fn linear<const D: usize>(&mut self, layer: &Linear, input: Tensor<D>) -> Tensor<D> {
         if !self.enabled {
             return layer.forward(input);
@@ -210,6 +238,17 @@ impl Capture {
             // A frozen layer has nothing to precondition.
             return layer.forward(input);
         }
+        // A layer whose input carries no gradient (it derives from the data alone) sees the same
+        // rows in every stacked copy of the batch: it is computed once, on the first copy, and
+        // repeated. This spares the sampled Fisher `k` copies of (typically) its widest matmul,
+        // and the factors keep one input row per example (`X Xᵀ` is then shared by the copies).
+        let shared = self.copies > 1 && n % self.copies == 0 && !input.is_tracked();
+        let input = if shared {
+            input.narrow(0, 0, n / self.copies)
+        } else {
+            input
+        };
+        let rows = input.dims()[0];
         // The parameters enter detached: autodiff then skips the weight-gradient matmuls, which
         // the factors replace (the minibatch gradient is `Σᵢ xᵢᵀΔᵢ`).
         let output = burn::tensor::module::linear(
@@ -217,6 +256,11 @@ impl Capture {
             layer.weight.val().detach(),
             layer.bias.as_ref().map(|b| b.val().detach()),
         );
+        let output = if shared {
+            output.repeat_dim(0, self.copies)
+        } else {
+            output
+        };
         let d_out = output.dims()[D - 1];
         let probe = Tensor::<3>::zeros([n, t, d_out], &output.device()).require_grad();
         let shape = output.shape();
@@ -224,7 +268,7 @@ impl Capture {
         self.records.push(Record {
             weight: layer.weight.id,
             bias: layer.bias.as_ref().map(|b: &Param<Tensor<1>>| b.id),
-            input: input.inner().reshape([n, t, d_in]),
+            input: input.inner().reshape([rows, t, d_in]),
             probe,
         });
         output
@@ -244,14 +288,24 @@ impl Capture {
             })?;
             match layers.iter_mut().find(|l| l.weight == record.weight) {
                 Some(layer) => {
-                    if layer.input.dims()[0] != record.input.dims()[0] {
+                    let rows = layer.output_grad.dims()[0];
+                    if rows != output_grad.dims()[0] {
                         return Err(NatGradError::InvalidInput(format!(
                             "a layer was captured twice with different batch sizes ({} and {})",
-                            layer.input.dims()[0],
-                            record.input.dims()[0]
+                            rows,
+                            output_grad.dims()[0]
                         )));
                     }
-                    layer.input = Tensor::cat(vec![layer.input.clone(), record.input], 1);
+                    let (previous, input) = if layer.input.dims()[0] == record.input.dims()[0] {
+                        (layer.input.clone(), record.input)
+                    } else {
+                        // One use computed once for all copies, the other not: one row each.
+                        (
+                            expand_rows(&layer.input, rows),
+                            expand_rows(&record.input, rows),
+                        )
+                    };
+                    layer.input = Tensor::cat(vec![previous, input], 1);
                     layer.output_grad =
                         Tensor::cat(vec![layer.output_grad.clone(), output_grad], 1);
                 }

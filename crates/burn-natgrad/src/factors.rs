@@ -25,6 +25,51 @@ const TAG_OUTPUT_GRAD: u64 = 0x6e67_5f64_656c_7461; // "ng_delta"
 const TAG_BIAS: u64 = 0x6e67_5f62_6961_7300; // "ng_bias"
 const TAG_ROWS: u64 = 0x6e67_5f72_6f77_7300; // "ng_rows"
 const TAG_GRADIENT_WEIGHT: u64 = 0x6e67_5f67_7765_6967; // "ng_gweig"
+const TAG_DATA_INPUT: u64 = 0x6e67_5f64_696e_7075; // "ng_dinpu"
+const TAG_DATA_OUTPUT_GRAD: u64 = 0x6e67_5f64_6465_6c74; // "ng_ddelt"
+const TAG_DATA_BIAS: u64 = 0x6e67_5f64_6269_6173; // "ng_dbias"
+const TAG_DATA_ROWS: u64 = 0x6e67_5f64_726f_7773; // "ng_drows"
+
+/// `input` (`[P, T, d]`, `P` dividing `rows`) with one row per example: row `m` is `input[m mod
+/// P]`.
+pub(crate) fn expand_rows(input: &Tensor<3>, rows: usize) -> Tensor<3> {
+    let p = input.dims()[0];
+    if p == rows {
+        input.clone()
+    } else {
+        input.clone().repeat_dim(0, rows / p)
+    }
+}
+
+/// Rows `start..end` of the `rows`-row view of a periodic `input` (see [`expand_rows`]): kept
+/// as they are when the range covers whole periods.
+pub(crate) fn slice_periodic(
+    input: &Tensor<3>,
+    rows: usize,
+    start: usize,
+    end: usize,
+) -> Tensor<3> {
+    let p = input.dims()[0];
+    if p == rows {
+        input.clone().slice(start..end)
+    } else if start % p == 0 && end % p == 0 {
+        input.clone()
+    } else {
+        expand_rows(input, rows).slice(start..end)
+    }
+}
+
+/// Sums `[M·T, M'·T]` over both `T`s: `[M, M']`.
+fn sum_over_t(k: Tensor<2>, m: usize, m2: usize, t: usize) -> Tensor<2> {
+    if t == 1 {
+        k
+    } else {
+        k.reshape([m, t, m2, t])
+            .sum_dim(3)
+            .sum_dim(1)
+            .reshape([m, m2])
+    }
+}
 
 /// The sample-space vector `w·1` (`[m, 1]`) whose back-projection `Uᵀ(w·1)` is the implicit
 /// gradient.
@@ -54,10 +99,12 @@ pub(crate) fn derived_id(id: ParamId, tag: u64) -> ParamId {
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum BlockFactors {
-    /// A Linear weight `[in, out]`: `input` is `[M, T, in]`, `output_grad` is `[M, T, out]`, and
-    /// the per-example gradient is `u_m = Σ_t input[m, t]ᵀ output_grad[m, t]`.
+    /// A Linear weight `[in, out]`: `input` is `[P, T, in]`, `output_grad` is `[M, T, out]`, and
+    /// the per-example gradient is `u_m = Σ_t input[m mod P, t]ᵀ output_grad[m, t]`. `P` divides
+    /// `M`; it is smaller than `M` when the rows are copies of the batch that shared the layer's
+    /// input (the sampled Fisher's), and then `X Xᵀ` is computed once for all copies.
     Weight {
-        /// Layer inputs, `[M, T, in]`.
+        /// Layer inputs, `[P, T, in]`.
         input: Tensor<3>,
         /// Gradients at the layer output, `[M, T, out]`.
         output_grad: Tensor<3>,
@@ -76,24 +123,67 @@ pub enum BlockFactors {
     },
 }
 
-/// A weight block's factors flattened over examples and sequence: `(M, T, X [M·T, in],
+/// A weight block's factors flattened over examples and sequence: `(P, M, T, X [P·T, in],
 /// Δ [M·T, out])`.
-fn flatten(input: &Tensor<3>, output_grad: &Tensor<3>) -> (usize, usize, Tensor<2>, Tensor<2>) {
-    let [m, t, d_in] = input.dims();
-    let d_out = output_grad.dims()[2];
+fn flatten(
+    input: &Tensor<3>,
+    output_grad: &Tensor<3>,
+) -> (usize, usize, usize, Tensor<2>, Tensor<2>) {
+    let [p, t, d_in] = input.dims();
+    let [m, _, d_out] = output_grad.dims();
     (
+        p,
         m,
         t,
-        input.clone().reshape([m * t, d_in]),
+        input.clone().reshape([p * t, d_in]),
         output_grad.clone().reshape([m * t, d_out]),
     )
+}
+
+/// `Σ_m input[m mod P]ᵀ weighted[m]` (`[in, out]`) for `weighted` `[M, T, out]`: the rows that
+/// share an input row are summed first, so the product is one `[in, P·T] × [P·T, out]` matmul.
+fn weight_back(
+    input: &Tensor<3>,
+    weighted: Tensor<3>,
+    m: usize,
+    t: usize,
+    d_out: usize,
+) -> Tensor<2> {
+    let [p, _, d_in] = input.dims();
+    let folded = if m > p {
+        weighted
+            .reshape([m / p, p * t * d_out])
+            .sum_dim(0)
+            .reshape([p * t, d_out])
+    } else {
+        weighted.reshape([p * t, d_out])
+    };
+    input
+        .clone()
+        .reshape([p * t, d_in])
+        .transpose()
+        .matmul(folded)
+}
+
+/// `X Xᵀ` (`[P·T, P·T]`) tiled to `[rows·T, cols·T]` (both multiples of `P`).
+fn tiled(xx: Tensor<2>, p: usize, rows: usize, cols: usize) -> Tensor<2> {
+    let xx = if rows > p {
+        xx.repeat_dim(0, rows / p)
+    } else {
+        xx
+    };
+    if cols > p {
+        xx.repeat_dim(1, cols / p)
+    } else {
+        xx
+    }
 }
 
 impl BlockFactors {
     /// Number of rows `M` (examples times Fisher samples).
     pub fn rows(&self) -> usize {
         match self {
-            BlockFactors::Weight { input, .. } => input.dims()[0],
+            BlockFactors::Weight { output_grad, .. } => output_grad.dims()[0],
             BlockFactors::Bias { output_grad } => output_grad.dims()[0],
             BlockFactors::Dense { rows } => rows.dims()[0],
         }
@@ -129,7 +219,7 @@ impl BlockFactors {
     pub(crate) fn slice_rows(self, start: usize, end: usize) -> Self {
         match self {
             BlockFactors::Weight { input, output_grad } => BlockFactors::Weight {
-                input: input.slice(start..end),
+                input: slice_periodic(&input, output_grad.dims()[0], start, end),
                 output_grad: output_grad.slice(start..end),
             },
             BlockFactors::Bias { output_grad } => BlockFactors::Bias {
@@ -145,16 +235,9 @@ impl BlockFactors {
     pub fn gram(&self) -> Tensor<2> {
         match self {
             BlockFactors::Weight { input, output_grad } => {
-                let (m, t, x, g) = flatten(input, output_grad);
-                let k = x.clone().matmul(x.transpose()) * g.clone().matmul(g.transpose());
-                if t == 1 {
-                    k
-                } else {
-                    k.reshape([m, t, m, t])
-                        .sum_dim(3)
-                        .sum_dim(1)
-                        .reshape([m, m])
-                }
+                let (p, m, t, x, g) = flatten(input, output_grad);
+                let xx = tiled(x.clone().matmul(x.transpose()), p, m, m);
+                sum_over_t(xx * g.clone().matmul(g.transpose()), m, m, t)
             }
             BlockFactors::Bias { output_grad: b } => b.clone().matmul(b.clone().transpose()),
             BlockFactors::Dense { rows } => rows.clone().matmul(rows.clone().transpose()),
@@ -165,8 +248,10 @@ impl BlockFactors {
     pub fn project(&self, v: &Tensor<2>) -> Tensor<2> {
         match self {
             BlockFactors::Weight { input, output_grad } => {
-                let (m, t, x, g) = flatten(input, output_grad);
-                let per_row = (x.matmul(v.clone()) * g).sum_dim(1);
+                let (p, m, t, x, g) = flatten(input, output_grad);
+                let xv = x.matmul(v.clone());
+                let xv = if m > p { xv.repeat_dim(0, m / p) } else { xv };
+                let per_row = (xv * g).sum_dim(1);
                 if t == 1 {
                     per_row
                 } else {
@@ -183,10 +268,9 @@ impl BlockFactors {
     pub fn back(&self, alpha: &Tensor<2>) -> Tensor<2> {
         match self {
             BlockFactors::Weight { input, output_grad } => {
-                let m = input.dims()[0];
+                let [m, t, d_out] = output_grad.dims();
                 let weighted = output_grad.clone() * alpha.clone().reshape([m, 1, 1]);
-                let (_, _, x, g) = flatten(input, &weighted);
-                x.transpose().matmul(g)
+                weight_back(input, weighted, m, t, d_out)
             }
             BlockFactors::Bias { output_grad: rows } | BlockFactors::Dense { rows } => {
                 alpha.clone().transpose().matmul(rows.clone())
@@ -199,10 +283,9 @@ impl BlockFactors {
     pub fn dense_rows(&self) -> Tensor<2> {
         match self {
             BlockFactors::Weight { input, output_grad } => {
-                let [m, _, d_in] = input.dims();
-                let d_out = output_grad.dims()[2];
-                input
-                    .clone()
+                let [m, _, d_out] = output_grad.dims();
+                let d_in = input.dims()[2];
+                expand_rows(input, m)
                     .swap_dims(1, 2)
                     .matmul(output_grad.clone())
                     .reshape([m, d_in * d_out])
@@ -240,6 +323,118 @@ impl BlockFactors {
             .get::<2>(derived_id(id, TAG_ROWS))
             .map(|rows| BlockFactors::Dense { rows })
     }
+
+    /// The cross Gram `U V_dᵀ` (`[M, N]`) of these rows with the data rows `data`.
+    fn cross_gram(&self, data: &DataRows) -> Tensor<2> {
+        match (self, &data.factors) {
+            (
+                BlockFactors::Weight { input, output_grad },
+                BlockFactors::Weight {
+                    input: d_input,
+                    output_grad: d_grad,
+                },
+            ) => {
+                let (p, m, t, x, g) = flatten(input, output_grad);
+                let (pd, n, _, xd, gd) = flatten(d_input, d_grad);
+                let xx = if data.shares_input {
+                    tiled(x.clone().matmul(x.transpose()), p, m, n)
+                } else {
+                    let x = if m > p {
+                        expand_rows(input, m).reshape([m * t, x.dims()[1]])
+                    } else {
+                        x
+                    };
+                    let xd = if n > pd {
+                        expand_rows(d_input, n).reshape([n * t, xd.dims()[1]])
+                    } else {
+                        xd
+                    };
+                    x.matmul(xd.transpose())
+                };
+                sum_over_t(xx * g.matmul(gd.transpose()), m, n, t)
+            }
+            (BlockFactors::Bias { output_grad: a }, BlockFactors::Bias { output_grad: b })
+            | (BlockFactors::Dense { rows: a }, BlockFactors::Dense { rows: b }) => {
+                a.clone().matmul(b.clone().transpose())
+            }
+            _ => unreachable!("Factors::from_grads pairs data rows of the same kind"),
+        }
+    }
+}
+
+/// The data rows of a block whose Fisher rows are not the data's (the sampled Fisher, whose
+/// rows are labels drawn from the model): the minibatch gradient is `U_dᵀ (w·1)` with these rows
+/// `U_d` (see [`Factors::gradient_weight`]).
+#[derive(Clone, Debug)]
+pub struct DataRows {
+    /// The data rows' factors, of the same kind as the block's Fisher rows, scaled alike.
+    pub factors: BlockFactors,
+    /// For a weight: the data rows use the Fisher rows' `input` (`[N, T, in]`, one row per
+    /// example), so that `X Xᵀ` is computed once for both.
+    pub shares_input: bool,
+}
+
+impl DataRows {
+    /// Registers the data rows of parameter `id` in `grads` under derived ids (a shared input
+    /// is registered once, with the Fisher rows).
+    pub(crate) fn register(&self, id: ParamId, grads: &mut GradientsParams) {
+        match &self.factors {
+            BlockFactors::Weight { input, output_grad } => {
+                if !self.shares_input {
+                    grads.register(derived_id(id, TAG_DATA_INPUT), input.clone());
+                }
+                grads.register(derived_id(id, TAG_DATA_OUTPUT_GRAD), output_grad.clone());
+            }
+            BlockFactors::Bias { output_grad } => {
+                grads.register(derived_id(id, TAG_DATA_BIAS), output_grad.clone())
+            }
+            BlockFactors::Dense { rows } => {
+                grads.register(derived_id(id, TAG_DATA_ROWS), rows.clone())
+            }
+        }
+    }
+
+    /// Looks up the data rows of parameter `id`, whose Fisher rows are `fisher`.
+    pub(crate) fn lookup(
+        id: ParamId,
+        grads: &GradientsParams,
+        fisher: &BlockFactors,
+    ) -> Option<Self> {
+        match fisher {
+            BlockFactors::Weight { input, .. } => {
+                let output_grad = grads.get::<3>(derived_id(id, TAG_DATA_OUTPUT_GRAD))?;
+                Some(match grads.get::<3>(derived_id(id, TAG_DATA_INPUT)) {
+                    Some(input) => DataRows {
+                        factors: BlockFactors::Weight { input, output_grad },
+                        shares_input: false,
+                    },
+                    None => DataRows {
+                        factors: BlockFactors::Weight {
+                            input: input.clone(),
+                            output_grad,
+                        },
+                        shares_input: true,
+                    },
+                })
+            }
+            BlockFactors::Bias { .. } => {
+                grads
+                    .get::<2>(derived_id(id, TAG_DATA_BIAS))
+                    .map(|output_grad| DataRows {
+                        factors: BlockFactors::Bias { output_grad },
+                        shares_input: false,
+                    })
+            }
+            BlockFactors::Dense { .. } => {
+                grads
+                    .get::<2>(derived_id(id, TAG_DATA_ROWS))
+                    .map(|rows| DataRows {
+                        factors: BlockFactors::Dense { rows },
+                        shares_input: false,
+                    })
+            }
+        }
+    }
 }
 
 /// One parameter tensor: its gradient and its per-example factors, in the block's matrix view.
@@ -257,8 +452,93 @@ pub struct Block {
     /// The minibatch gradient in the matrix view, when registered explicitly; `None` when it is
     /// implicit, `Uᵀ (w·1)` (see [`Factors::gradient_weight`]).
     pub grad: Option<Tensor<2>>,
-    /// The per-example factors.
+    /// The per-example factors: the rows of the Fisher `UᵀU`.
     pub factors: BlockFactors,
+    /// The data rows, when they differ from the Fisher rows (the sampled Fisher) and the
+    /// gradient is implicit.
+    pub data: Option<DataRows>,
+}
+
+impl Block {
+    /// The implicit gradient `U_dᵀ (w·1)` (`U_d`: the data rows, or the Fisher rows when the
+    /// block has no separate data rows), in the block's matrix view.
+    pub fn implicit_gradient(&self, w: &Tensor<1>) -> Tensor<2> {
+        let rows = match &self.data {
+            Some(data) => &data.factors,
+            None => &self.factors,
+        };
+        rows.back(&uniform_weights(rows.rows(), w))
+    }
+
+    /// `U (U_dᵀ 1)` (`[M, 1]`): the Fisher rows' projection of the implicit gradient with unit
+    /// weight, together with the Gram `U Uᵀ` (`[M, M]`); for a weight whose data rows share the
+    /// input, `X Xᵀ` serves both.
+    pub fn gram_and_implicit_projection(&self) -> (Tensor<2>, Tensor<2>) {
+        match &self.data {
+            None => {
+                let k = self.factors.gram();
+                let b = k.clone().sum_dim(1);
+                (k, b)
+            }
+            Some(data) => match (&self.factors, &data.factors) {
+                (
+                    BlockFactors::Weight { input, output_grad },
+                    BlockFactors::Weight {
+                        output_grad: d_grad,
+                        ..
+                    },
+                ) if data.shares_input => {
+                    let (p, m, t, x, g) = flatten(input, output_grad);
+                    let n = d_grad.dims()[0];
+                    let gd = d_grad.clone().reshape([n * t, d_grad.dims()[2]]);
+                    let xx = x.clone().matmul(x.transpose());
+                    let k = sum_over_t(
+                        tiled(xx.clone(), p, m, m) * g.clone().matmul(g.clone().transpose()),
+                        m,
+                        m,
+                        t,
+                    );
+                    let c = sum_over_t(tiled(xx, p, m, n) * g.matmul(gd.transpose()), m, n, t);
+                    (k, c.sum_dim(1))
+                }
+                _ => (
+                    self.factors.gram(),
+                    self.factors.cross_gram(data).sum_dim(1),
+                ),
+            },
+        }
+    }
+
+    /// `U_dᵀ a + Uᵀ f`, in the block's matrix view, for the data-row coefficients `a` (`[N,
+    /// 1]`) and the Fisher-row coefficients `f` (`[M, 1]`); without separate data rows, `Uᵀ (a +
+    /// f)`. One matmul for a weight whose data rows share the input.
+    pub fn back_data_and_fisher(&self, a: &Tensor<2>, f: &Tensor<2>) -> Tensor<2> {
+        match &self.data {
+            None => self.factors.back(&(a.clone() + f.clone())),
+            Some(data) => match (&self.factors, &data.factors) {
+                (
+                    BlockFactors::Weight { input, output_grad },
+                    BlockFactors::Weight {
+                        output_grad: d_grad,
+                        ..
+                    },
+                ) if data.shares_input => {
+                    let [m, t, d_out] = output_grad.dims();
+                    let n = d_grad.dims()[0];
+                    // The data rows are one more copy sharing the input: stack them first.
+                    let weighted = Tensor::cat(
+                        vec![
+                            d_grad.clone() * a.clone().reshape([n, 1, 1]),
+                            output_grad.clone() * f.clone().reshape([m, 1, 1]),
+                        ],
+                        0,
+                    );
+                    weight_back(input, weighted, m + n, t, d_out)
+                }
+                _ => data.factors.back(a) + self.factors.back(f),
+            },
+        }
+    }
 }
 
 /// All blocks of a model found in a [`GradientsParams`], in module order.
@@ -266,10 +546,11 @@ pub struct Block {
 pub struct Factors {
     /// One block per trainable parameter tensor.
     pub blocks: Vec<Block>,
-    /// For the empirical Fisher the gradient lies in the span of the factors: `g = Uᵀ (w·1)`
-    /// with the scalar `w` (`[1]`), here when the gradients were left implicit. Then
-    /// `U g = K (w·1)` and `(F + λI)⁻¹ g = Uᵀ (w·1 − β) / λ`, which spares one product per layer
-    /// (and autodiff never computed the weight gradients at all).
+    /// The gradient, when left implicit, is `g = U_dᵀ (w·1)` with the scalar `w` (`[1]`): `U_d`
+    /// are the data rows, which for the empirical Fisher are the Fisher rows `U` themselves.
+    /// Then `U g = K (w·1)` (or the cross Gram `U U_dᵀ (w·1)`) and `(F + λI)⁻¹ g = (U_dᵀ (w·1) −
+    /// Uᵀβ) / λ`, which spares the gradient's product per layer (autodiff never computed the
+    /// weight gradients at all).
     pub gradient_weight: Option<Tensor<1>>,
 }
 
@@ -320,6 +601,40 @@ impl Factors {
                 blocks[0].path
             )));
         }
+        for b in &blocks {
+            if let BlockFactors::Weight { input, .. } = &b.factors {
+                if m % input.dims()[0] != 0 {
+                    return Err(NatGradError::InconsistentFactors(format!(
+                        "`{}` has {} input rows, which do not divide its {m} rows",
+                        b.path,
+                        input.dims()[0]
+                    )));
+                }
+            }
+        }
+        if let Some(first) = blocks.iter().find_map(|b| b.data.as_ref()) {
+            let n = first.factors.rows();
+            for b in &blocks {
+                let Some(data) = &b.data else {
+                    return Err(NatGradError::InconsistentFactors(format!(
+                        "`{}` has no data rows but other parameters do",
+                        b.path
+                    )));
+                };
+                let shared_ok = match &data.factors {
+                    BlockFactors::Weight { input, .. } if data.shares_input => {
+                        input.dims()[0] == n && m % n == 0
+                    }
+                    _ => true,
+                };
+                if data.factors.rows() != n || !shared_ok {
+                    return Err(NatGradError::InconsistentFactors(format!(
+                        "the data rows of `{}` do not match those of the other parameters",
+                        b.path
+                    )));
+                }
+            }
+        }
         Ok(Factors {
             blocks,
             gradient_weight,
@@ -332,9 +647,7 @@ impl Factors {
         let block = &self.blocks[i];
         match (&block.grad, &self.gradient_weight) {
             (Some(g), _) => g.clone(),
-            (None, Some(w)) => block
-                .factors
-                .back(&uniform_weights(block.factors.rows(), w)),
+            (None, Some(w)) => block.implicit_gradient(w),
             (None, None) => unreachable!("from_grads keeps only blocks with a gradient"),
         }
     }
@@ -406,6 +719,7 @@ impl ModuleVisitor for Collector<'_> {
                         .push(format!("{path} (shape {dims:?} vs factors {view:?})"));
                     return;
                 }
+                let data = DataRows::lookup(param.id, self.grads, &factors);
                 self.blocks.push(Block {
                     id: param.id,
                     path,
@@ -413,8 +727,59 @@ impl ModuleVisitor for Collector<'_> {
                     dims,
                     grad: grad.map(|g| g.reshape(view)),
                     factors,
+                    data,
                 });
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution};
+
+    fn devices() -> Vec<Device> {
+        #[allow(unused_mut)]
+        let mut out = Vec::new();
+        #[cfg(feature = "ndarray")]
+        #[allow(deprecated)]
+        out.push(Device::ndarray());
+        #[cfg(feature = "flex")]
+        out.push(Device::flex());
+        out
+    }
+
+    fn max_diff(a: Tensor<2>, b: Tensor<2>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    /// A weight block whose `P = 3` input rows serve `M = 6` rows (two copies, `T = 2`) gives
+    /// the products of the same block with the input repeated.
+    #[test]
+    fn periodic_input_equals_repeated_input() {
+        for device in devices() {
+            let input = Tensor::<3>::random([3, 2, 4], Distribution::Normal(0.0, 1.0), &device);
+            let output_grad =
+                Tensor::<3>::random([6, 2, 5], Distribution::Normal(0.0, 1.0), &device);
+            let periodic = BlockFactors::Weight {
+                input: input.clone(),
+                output_grad: output_grad.clone(),
+            };
+            let full = BlockFactors::Weight {
+                input: Tensor::cat(vec![input.clone(), input], 0),
+                output_grad,
+            };
+            let v = Tensor::<2>::random([4, 5], Distribution::Normal(0.0, 1.0), &device);
+            let alpha = Tensor::<2>::random([6, 1], Distribution::Normal(0.0, 1.0), &device);
+            assert_eq!(periodic.rows(), 6);
+            assert!(max_diff(periodic.gram(), full.gram()) < 1e-4);
+            assert!(max_diff(periodic.project(&v), full.project(&v)) < 1e-4);
+            assert!(max_diff(periodic.back(&alpha), full.back(&alpha)) < 1e-4);
+            assert!(max_diff(periodic.dense_rows(), full.dense_rows()) < 1e-4);
+            let (a, b) = (periodic.slice_rows(3, 6), full.slice_rows(3, 6));
+            assert!(max_diff(a.gram(), b.gram()) < 1e-4);
+            assert!(matches!(a, BlockFactors::Weight { ref input, .. } if input.dims()[0] == 3));
         }
     }
 }

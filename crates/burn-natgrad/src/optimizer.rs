@@ -29,7 +29,7 @@ use burn::tensor::{Device, Int, Tensor};
 
 use crate::capture::Capture;
 use crate::error::NatGradError;
-use crate::factors::{gradient_weight_id, BlockFactors, Factors};
+use crate::factors::{gradient_weight_id, BlockFactors, DataRows, Factors};
 use crate::fisher::{check_targets, cross_entropy_rows, fisher_scale, labels_for, FisherKind};
 use crate::solver::{solve, CgOptions, Gradient, SolverKind};
 
@@ -275,7 +275,7 @@ impl NaturalGradient {
         } else {
             Tensor::cat(vec![input; copies], 0)
         };
-        (Capture::new(), input)
+        (Capture::with_copies(copies), input)
     }
 
     /// Finishes a captured step of a softmax classifier: cross-entropy on the data labels (and
@@ -326,29 +326,32 @@ impl NaturalGradient {
         let layers = capture.into_factors(&gradients)?;
         let mut grads = GradientsParams::from_grads(gradients, model);
 
+        // Every row is scaled alike, so that the Fisher is UᵀU; the gradient is then
+        // g = Σ xᵢᵀΔᵢ = U_dᵀ(1/scale · 1) over the data rows U_d, left implicit (the capture kept
+        // autodiff from computing it). Empirical: the data rows are the Fisher rows. Sampled: the
+        // first copy holds the data rows, the others the Fisher's.
         let scale = fisher_scale(kind, n).sqrt();
-        if kind.copies() == 1 {
-            // Empirical: the factors are the data rows, g = Σ xᵢᵀΔᵢ = Uᵀ(1/scale · 1). Left
-            // implicit (the capture kept autodiff from computing it).
-            let w = Tensor::<1>::from_floats([1.0 / scale as f32], &logits.device());
-            grads.register(gradient_weight_id(), w);
-        }
+        let w = Tensor::<1>::from_floats([1.0 / scale as f32], &logits.device());
+        grads.register(gradient_weight_id(), w);
         for layer in &layers {
-            if kind.copies() > 1 {
-                // Sampled: the data gradient is the first copy's; the Fisher uses the others.
-                let data = layer.slice_examples(0, n);
-                grads.register(layer.weight, data.weight_grad());
-                if let Some(bias) = layer.bias {
-                    grads.register(bias, data.bias_grad());
-                }
-            }
             for (id, block) in layer.blocks() {
-                let block: BlockFactors = if kind.copies() > 1 {
-                    block.slice_rows(n, rows)
-                } else {
-                    block
+                if kind.copies() == 1 {
+                    block.scaled(scale).register(id, &mut grads);
+                    continue;
+                }
+                let shares_input = matches!(
+                    &block,
+                    BlockFactors::Weight { input, .. } if input.dims()[0] == n
+                );
+                let data = DataRows {
+                    factors: block.clone().slice_rows(0, n).scaled(scale),
+                    shares_input,
                 };
-                block.scaled(scale).register(id, &mut grads);
+                block
+                    .slice_rows(n, rows)
+                    .scaled(scale)
+                    .register(id, &mut grads);
+                data.register(id, &mut grads);
             }
         }
         // Every parameter with a gradient must now have factors: names those the capture missed.

@@ -9,4 +9,5 @@ mod learner;
 mod per_example;
 mod records;
 mod sampled_fisher;
+mod sampled_sharing;
 mod solvers;
