@@ -1,8 +1,8 @@
 //! Step-time and memory benchmark: SGD, Adam and the natural gradient (every solver, empirical
 //! and sampled Fisher), the per-example factor pass and a plain forward+backward, on MLPs
 //! 784-128-10, 784-512-512-10 and 784-1024-1024-10 at batch 128, 256 and 512, on every CPU
-//! backend compiled in (and wgpu with `--wgpu`; `--quick`: MLP-128 at batch 128 only). Ratios are to SGD measured in the same run. Writes
-//! `target/bench/results.csv`.
+//! backend compiled in (and wgpu with `--wgpu`; `--quick`: MLP-128 at batch 128 only). Ratios
+//! are to SGD measured in the same run. Writes `target/bench/results.csv`.
 //!
 //! ```text
 //! cargo run --release --features flex --example bench
@@ -10,7 +10,9 @@
 //!
 //! Each (backend, model, batch, method) runs in a child process of this program, so that its
 //! peak memory (the growth of the resident set over the process's baseline, from
-//! `/proc/self/status`) is its own.
+//! `/proc/self/status`) is its own. Every method runs in three rounds of fresh children, one
+//! method after the other, and its median step time is taken over the steps of all rounds: a
+//! slow spell of a shared machine then falls on all methods alike.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -168,7 +170,7 @@ fn step(
     model
 }
 
-/// Child: measure one configuration, print `median_ms peak_mb`.
+/// Child: measure one configuration, print `peak_mb` and then each step's time in ms.
 fn child(backend: &str, model_name: &str, batch: usize, method: &str, steps: usize) {
     let base = rss_kb("VmRSS:");
     let device = device(backend);
@@ -193,11 +195,25 @@ fn child(backend: &str, model_name: &str, batch: usize, method: &str, steps: usi
         model = step(method, model, &mut optim, ng.as_ref(), &x, &y);
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    times.sort_by(f64::total_cmp);
     let peak = (rss_kb("VmHWM:") - base) / 1024.0;
-    println!("{} {}", times[times.len() / 2], peak);
+    let times: Vec<String> = times.iter().map(|t| t.to_string()).collect();
+    println!("{peak} {}", times.join(" "));
 }
 
+/// Rounds per configuration (see `main`).
+const ROUNDS: usize = 3;
+
+/// The median of `v` (NaN if empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+// One push per compiled backend.
+#[allow(clippy::vec_init_then_push)]
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child") {
@@ -234,36 +250,54 @@ fn main() {
     for backend in &backends {
         for model in models {
             for &batch in batches {
+                // Measured steps per child (after 3 warm-up steps), ROUNDS children per method.
                 let steps = if *model != "mlp-128" && batch == 512 {
-                    10
+                    4
                 } else {
-                    30
+                    10
                 };
-                let mut sgd: Option<(f64, f64)> = None;
-                for method in METHODS {
-                    let out = Command::new(&exe)
-                        .args([
-                            "--child",
-                            backend,
-                            model,
-                            &batch.to_string(),
-                            method,
-                            &steps.to_string(),
-                        ])
-                        .output()
-                        .expect("run child");
-                    let text = String::from_utf8_lossy(&out.stdout);
-                    let mut it = text
-                        .split_whitespace()
-                        .map(|v| v.parse::<f64>().unwrap_or(f64::NAN));
-                    let (ms, mb) = (it.next().unwrap_or(f64::NAN), it.next().unwrap_or(f64::NAN));
-                    if !out.status.success() {
-                        eprintln!(
-                            "{backend} {model} {batch} {method}: failed:\n{}",
-                            String::from_utf8_lossy(&out.stderr)
-                        );
+                // Rounds: every method runs once per round, in a fresh child, and its step
+                // times are pooled over the rounds, so that a slow spell of this shared machine
+                // lands on all methods alike instead of on one.
+                let mut times: Vec<Vec<f64>> = vec![Vec::new(); METHODS.len()];
+                let mut peaks: Vec<f64> = vec![f64::NAN; METHODS.len()];
+                for _ in 0..ROUNDS {
+                    for (i, method) in METHODS.iter().enumerate() {
+                        let out = Command::new(&exe)
+                            .args([
+                                "--child",
+                                backend,
+                                model,
+                                &batch.to_string(),
+                                method,
+                                &steps.to_string(),
+                            ])
+                            .output()
+                            .expect("run child");
+                        if !out.status.success() {
+                            eprintln!(
+                                "{backend} {model} {batch} {method}: failed:\n{}",
+                                String::from_utf8_lossy(&out.stderr)
+                            );
+                            continue;
+                        }
+                        let text = String::from_utf8_lossy(&out.stdout);
+                        let mut values = text
+                            .split_whitespace()
+                            .map(|v| v.parse::<f64>().unwrap_or(f64::NAN));
+                        let peak = values.next().unwrap_or(f64::NAN);
+                        peaks[i] = if peaks[i].is_nan() {
+                            peak
+                        } else {
+                            peaks[i].max(peak)
+                        };
+                        times[i].extend(values);
                     }
-                    let (sgd_ms, sgd_mb) = *sgd.get_or_insert((ms, mb));
+                }
+                let medians: Vec<f64> = times.into_iter().map(median).collect();
+                let (sgd_ms, sgd_mb) = (medians[0], peaks[0]);
+                for (i, method) in METHODS.iter().enumerate() {
+                    let (ms, mb) = (medians[i], peaks[i]);
                     println!(
                         "| {backend} | {model} | {batch} | {method} | {ms:.2} | {:.2} | {mb:.1} | {:.2} |",
                         ms / sgd_ms,

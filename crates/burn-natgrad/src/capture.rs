@@ -200,14 +200,15 @@ impl Capture {
     /// recorded. `input` is `[N, in]` or `[N, …, in]`: dimension 0 indexes the examples, the
     /// middle dimensions (a sequence) are summed over in the per-example gradient.
     ///
-    /// # Panics
-    /// If the capture is enabled and `input` has rank 1 (no example dimension), or is not on an
-    /// autodiff device.
-    ///
     /// For the sampled Fisher the batch is stacked `k + 1` times ([`NaturalGradient::capture`]
     /// makes such a capture): a layer whose input carries no gradient (it derives from the data
     /// alone, e.g. the first layer) is then computed once, on the first copy, and its output
-    /// repeated, so every copy shares that forward pass.
+    /// repeated, so every copy shares that forward pass. (If something random, such as dropout on
+    /// the raw input, made the copies' inputs differ, all copies use the first copy's.)
+    ///
+    /// # Panics
+    /// If the capture is enabled and `input` has rank 1 (no example dimension), or is not on an
+    /// autodiff device.
     ///
     /// [`NaturalGradient::capture`]: crate::NaturalGradient::capture
     pub fn linear<const D: usize>(&mut self, layer: &Linear, input: Tensor<D>) -> Tensor<D> {
@@ -242,7 +243,7 @@ impl Capture {
         // rows in every stacked copy of the batch: it is computed once, on the first copy, and
         // repeated. This spares the sampled Fisher `k` copies of (typically) its widest matmul,
         // and the factors keep one input row per example (`X Xᵀ` is then shared by the copies).
-        let shared = self.copies > 1 && n % self.copies == 0 && !input.is_tracked();
+        let shared = self.copies > 1 && n.is_multiple_of(self.copies) && !input.is_tracked();
         let input = if shared {
             input.narrow(0, 0, n / self.copies)
         } else {

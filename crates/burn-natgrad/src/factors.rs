@@ -52,7 +52,7 @@ pub(crate) fn slice_periodic(
     let p = input.dims()[0];
     if p == rows {
         input.clone().slice(start..end)
-    } else if start % p == 0 && end % p == 0 {
+    } else if start.is_multiple_of(p) && end.is_multiple_of(p) {
         input.clone()
     } else {
         expand_rows(input, rows).slice(start..end)
@@ -165,6 +165,13 @@ fn weight_back(
         .matmul(folded)
 }
 
+/// `X Xᵀ` for `X` `[R, d]`. (Computing it by halves, `X₁X₁ᵀ`, `X₂X₁ᵀ`, `X₂X₂ᵀ`, saves a
+/// quarter of the multiply-adds but measured slower on flex at R = 512: smaller matmuls and the
+/// concatenation cost more than they save.)
+fn self_gram(x: Tensor<2>) -> Tensor<2> {
+    x.clone().matmul(x.transpose())
+}
+
 /// `X Xᵀ` (`[P·T, P·T]`) tiled to `[rows·T, cols·T]` (both multiples of `P`).
 fn tiled(xx: Tensor<2>, p: usize, rows: usize, cols: usize) -> Tensor<2> {
     let xx = if rows > p {
@@ -236,7 +243,7 @@ impl BlockFactors {
         match self {
             BlockFactors::Weight { input, output_grad } => {
                 let (p, m, t, x, g) = flatten(input, output_grad);
-                let xx = tiled(x.clone().matmul(x.transpose()), p, m, m);
+                let xx = tiled(self_gram(x), p, m, m);
                 sum_over_t(xx * g.clone().matmul(g.transpose()), m, m, t)
             }
             BlockFactors::Bias { output_grad: b } => b.clone().matmul(b.clone().transpose()),
@@ -337,7 +344,7 @@ impl BlockFactors {
                 let (p, m, t, x, g) = flatten(input, output_grad);
                 let (pd, n, _, xd, gd) = flatten(d_input, d_grad);
                 let xx = if data.shares_input {
-                    tiled(x.clone().matmul(x.transpose()), p, m, n)
+                    tiled(self_gram(x), p, m, n)
                 } else {
                     let x = if m > p {
                         expand_rows(input, m).reshape([m * t, x.dims()[1]])
@@ -474,39 +481,61 @@ impl Block {
     /// weight, together with the Gram `U Uᵀ` (`[M, M]`); for a weight whose data rows share the
     /// input, `X Xᵀ` serves both.
     pub fn gram_and_implicit_projection(&self) -> (Tensor<2>, Tensor<2>) {
-        match &self.data {
-            None => {
-                let k = self.factors.gram();
-                let b = k.clone().sum_dim(1);
-                (k, b)
+        self.gram_and_projection(false)
+    }
+
+    /// [`gram_and_implicit_projection`](Self::gram_and_implicit_projection); with `with_bias`,
+    /// a weight block (`T = 1`) also covers its Linear's bias, whose per-example gradients are
+    /// the weight's output gradients: `(X Xᵀ + 1) ⊙ (Δ Δᵀ)`, one `Δ Δᵀ` for both.
+    pub(crate) fn gram_and_projection(&self, with_bias: bool) -> (Tensor<2>, Tensor<2>) {
+        let BlockFactors::Weight { input, output_grad } = &self.factors else {
+            let k = self.factors.gram();
+            let b = match &self.data {
+                None => k.clone().sum_dim(1),
+                Some(data) => self.factors.cross_gram(data).sum_dim(1),
+            };
+            return (k, b);
+        };
+        let (p, m, t, x, g) = flatten(input, output_grad);
+        debug_assert!(
+            !with_bias || t == 1,
+            "a bias shares Δ with its weight only when T = 1"
+        );
+        let plus = |xx: Tensor<2>| if with_bias { xx.add_scalar(1.0) } else { xx };
+        let xx = plus(self_gram(x.clone()));
+        let k = sum_over_t(
+            tiled(xx.clone(), p, m, m) * g.clone().matmul(g.clone().transpose()),
+            m,
+            m,
+            t,
+        );
+        let b = match &self.data {
+            None => k.clone().sum_dim(1),
+            Some(data) => {
+                let BlockFactors::Weight {
+                    input: d_input,
+                    output_grad: d_grad,
+                } = &data.factors
+                else {
+                    unreachable!("Factors::from_grads pairs data rows of the same kind")
+                };
+                let (pd, n, _, xd, gd) = flatten(d_input, d_grad);
+                let xc = if data.shares_input {
+                    tiled(xx, p, m, n)
+                } else {
+                    let d_in = x.dims()[1];
+                    let x = expand_rows(input, m).reshape([m * t, d_in]);
+                    let xd = if n > pd {
+                        expand_rows(d_input, n).reshape([n * t, d_in])
+                    } else {
+                        xd
+                    };
+                    plus(x.matmul(xd.transpose()))
+                };
+                sum_over_t(xc * g.matmul(gd.transpose()), m, n, t).sum_dim(1)
             }
-            Some(data) => match (&self.factors, &data.factors) {
-                (
-                    BlockFactors::Weight { input, output_grad },
-                    BlockFactors::Weight {
-                        output_grad: d_grad,
-                        ..
-                    },
-                ) if data.shares_input => {
-                    let (p, m, t, x, g) = flatten(input, output_grad);
-                    let n = d_grad.dims()[0];
-                    let gd = d_grad.clone().reshape([n * t, d_grad.dims()[2]]);
-                    let xx = x.clone().matmul(x.transpose());
-                    let k = sum_over_t(
-                        tiled(xx.clone(), p, m, m) * g.clone().matmul(g.clone().transpose()),
-                        m,
-                        m,
-                        t,
-                    );
-                    let c = sum_over_t(tiled(xx, p, m, n) * g.matmul(gd.transpose()), m, n, t);
-                    (k, c.sum_dim(1))
-                }
-                _ => (
-                    self.factors.gram(),
-                    self.factors.cross_gram(data).sum_dim(1),
-                ),
-            },
-        }
+        };
+        (k, b)
     }
 
     /// `U_dᵀ a + Uᵀ f`, in the block's matrix view, for the data-row coefficients `a` (`[N,
@@ -739,6 +768,8 @@ mod tests {
     use super::*;
     use burn::tensor::{Device, Distribution};
 
+    // One push per compiled CPU backend.
+    #[allow(clippy::vec_init_then_push)]
     fn devices() -> Vec<Device> {
         #[allow(unused_mut)]
         let mut out = Vec::new();

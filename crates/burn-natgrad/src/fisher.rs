@@ -21,7 +21,7 @@ use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Int, Tensor};
 
 use crate::error::NatGradError;
-use crate::factors::Block;
+use crate::factors::{Block, BlockFactors};
 
 /// Which Fisher information preconditions the gradient.
 #[derive(Config, Debug, PartialEq, Eq, Copy)]
@@ -132,6 +132,44 @@ pub fn gram(blocks: &[&Block]) -> Tensor<2> {
         .map(|b| b.factors.gram())
         .reduce(|a, b| a + b)
         .expect("at least one block")
+}
+
+/// The Gram `U Uᵀ` (`[M, M]`) and the projection `U (U_dᵀ 1)` (`[M, 1]`) of the implicit
+/// gradient with unit weight (see [`Block::gram_and_implicit_projection`]).
+///
+/// A weight block with `T = 1` and a bias block of the same module are one Linear layer as the
+/// capture registers them (the bias's per-example gradients are the weight's output
+/// gradients), and are computed together: `(X Xᵀ + 1) ⊙ (Δ Δᵀ)` spares the bias its own
+/// `Δ Δᵀ` products.
+pub fn gram_and_implicit_projection(blocks: &[&Block]) -> (Tensor<2>, Tensor<2>) {
+    let mut covered = vec![false; blocks.len()];
+    let mut total: Option<(Tensor<2>, Tensor<2>)> = None;
+    for i in 0..blocks.len() {
+        if covered[i] {
+            continue;
+        }
+        let block = blocks[i];
+        let bias = match &block.factors {
+            BlockFactors::Weight { input, .. } if input.dims()[1] == 1 => {
+                (0..blocks.len()).find(|&j| {
+                    !covered[j]
+                        && blocks[j].group == block.group
+                        && matches!(blocks[j].factors, BlockFactors::Bias { .. })
+                        && blocks[j].data.is_some() == block.data.is_some()
+                })
+            }
+            _ => None,
+        };
+        if let Some(j) = bias {
+            covered[j] = true;
+        }
+        let (k, b) = block.gram_and_projection(bias.is_some());
+        total = Some(match total {
+            Some((k0, b0)) => (k0 + k, b0 + b),
+            None => (k, b),
+        });
+    }
+    total.expect("at least one block")
 }
 
 /// `U v` (`[M, 1]`) for a vector given block by block.

@@ -19,7 +19,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::factors::uniform_weights;
 use crate::factors::Block;
-use crate::fisher::{back, fisher_vector_product, gram, project};
+use crate::fisher::{back, fisher_vector_product, gram, gram_and_implicit_projection, project};
 
 /// How the damped system is solved.
 #[derive(Config, Debug, PartialEq, Eq, Copy)]
@@ -85,11 +85,7 @@ pub fn solve(
             let (k, b) = match &gradient {
                 Gradient::Explicit(g) => (gram(blocks), project(blocks, g)),
                 Gradient::Implicit(w) => {
-                    let (k, b) = blocks
-                        .iter()
-                        .map(|blk| blk.gram_and_implicit_projection())
-                        .reduce(|(k1, b1), (k2, b2)| (k1 + k2, b1 + b2))
-                        .expect("at least one block");
+                    let (k, b) = gram_and_implicit_projection(blocks);
                     (k, b * w.clone().reshape([1, 1]))
                 }
             };
@@ -242,7 +238,10 @@ pub fn gram_direct(k: &Tensor<2>, b: &Tensor<2>, damping: f64) -> Tensor<2> {
             }
         }
         Err(_) => {
-            let values = data.convert::<f64>().into_vec::<f64>().expect("float data");
+            let values = data
+                .convert::<f64>()
+                .try_into_vec::<f64>()
+                .expect("float data");
             values.chunks_exact(m + 1).for_each(&mut split);
         }
     }

@@ -10,6 +10,8 @@ use burn_natgrad::Capture;
 /// The autodiff devices of every backend compiled in (cargo features `ndarray`, `flex`, `wgpu`).
 /// A wgpu build on a machine without an adapter prints why it is left out, and fails instead
 /// when `NATGRAD_REQUIRE_WGPU=1` (CI sets it, with Mesa's lavapipe installed).
+// One push per compiled backend.
+#[allow(clippy::vec_init_then_push)]
 pub fn backends() -> Vec<(&'static str, Device)> {
     #[allow(unused_mut)]
     let mut out: Vec<(&'static str, Device)> = Vec::new();
