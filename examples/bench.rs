@@ -19,11 +19,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use burn_natgrad::{Capture, FisherKind, NaturalGradient, NaturalGradientConfig, SolverKind};
 
@@ -39,34 +36,9 @@ const METHODS: [&str; 9] = [
     "forward-backward",
 ];
 
-#[derive(Module, Debug)]
-struct Mlp {
-    layers: Vec<Linear>,
-}
-
-impl Mlp {
-    fn new(sizes: &[usize], device: &Device) -> Self {
-        device.seed(0);
-        Self {
-            layers: sizes
-                .windows(2)
-                .map(|w| LinearConfig::new(w[0], w[1]).init(device))
-                .collect(),
-        }
-    }
-
-    fn forward_with(&self, x: Tensor<2>, capture: &mut Capture) -> Tensor<2> {
-        let last = self.layers.len() - 1;
-        self.layers.iter().enumerate().fold(x, |h, (i, l)| {
-            let z = capture.linear(l, h);
-            if i < last {
-                relu(z)
-            } else {
-                z
-            }
-        })
-    }
-}
+#[path = "shared/mlp.rs"]
+mod mlp;
+use mlp::Mlp;
 
 fn sizes(model: &str) -> Vec<usize> {
     match model {

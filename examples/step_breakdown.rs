@@ -11,11 +11,8 @@
 
 use std::time::Instant;
 
-use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::{Linear, LinearConfig};
 use burn::optim::{GradientsParams, SgdConfig};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use burn_natgrad::factors::Factors;
 use burn_natgrad::fisher::gram_and_implicit_projection;
@@ -44,24 +41,9 @@ struct Args {
     steps: usize,
 }
 
-#[derive(Module, Debug)]
-struct Mlp {
-    layers: Vec<Linear>,
-}
-
-impl Mlp {
-    fn forward_with(&self, x: Tensor<2>, capture: &mut Capture) -> Tensor<2> {
-        let last = self.layers.len() - 1;
-        self.layers.iter().enumerate().fold(x, |h, (i, l)| {
-            let z = capture.linear(l, h);
-            if i < last {
-                relu(z)
-            } else {
-                z
-            }
-        })
-    }
-}
+#[path = "shared/mlp.rs"]
+mod mlp;
+use mlp::Mlp;
 
 fn device(backend: &str) -> Device {
     match backend {
@@ -102,17 +84,11 @@ const PHASES: [&str; 10] = [
 fn main() {
     let args = Args::parse();
     let device = device(&args.backend);
-    device.seed(0);
     let mut sizes = vec![784];
     sizes.extend(std::iter::repeat_n(args.hidden, args.depth));
     sizes.push(10);
     let n = args.batch;
-    let mut model = Mlp {
-        layers: sizes
-            .windows(2)
-            .map(|w| LinearConfig::new(w[0], w[1]).init(&device))
-            .collect(),
-    };
+    let mut model = Mlp::new(&sizes, &device);
     let x = Tensor::<2>::random([n, 784], Distribution::Uniform(0.0, 1.0), &device);
     let y: Tensor<1, Int> = Tensor::<2>::random([n, 1], Distribution::Uniform(0.0, 10.0), &device)
         .int()

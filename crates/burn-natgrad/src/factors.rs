@@ -331,40 +331,15 @@ impl BlockFactors {
             .map(|rows| BlockFactors::Dense { rows })
     }
 
-    /// The cross Gram `U V_dᵀ` (`[M, N]`) of these rows with the data rows `data`.
+    /// The cross Gram `U U_dᵀ` (`[M, N]`) of a bias or dense block's rows with its data rows
+    /// (weights: see [`Block::gram_and_implicit_projection`], which shares `X Xᵀ`).
     fn cross_gram(&self, data: &DataRows) -> Tensor<2> {
         match (self, &data.factors) {
-            (
-                BlockFactors::Weight { input, output_grad },
-                BlockFactors::Weight {
-                    input: d_input,
-                    output_grad: d_grad,
-                },
-            ) => {
-                let (p, m, t, x, g) = flatten(input, output_grad);
-                let (pd, n, _, xd, gd) = flatten(d_input, d_grad);
-                let xx = if data.shares_input {
-                    tiled(self_gram(x), p, m, n)
-                } else {
-                    let x = if m > p {
-                        expand_rows(input, m).reshape([m * t, x.dims()[1]])
-                    } else {
-                        x
-                    };
-                    let xd = if n > pd {
-                        expand_rows(d_input, n).reshape([n * t, xd.dims()[1]])
-                    } else {
-                        xd
-                    };
-                    x.matmul(xd.transpose())
-                };
-                sum_over_t(xx * g.matmul(gd.transpose()), m, n, t)
-            }
             (BlockFactors::Bias { output_grad: a }, BlockFactors::Bias { output_grad: b })
             | (BlockFactors::Dense { rows: a }, BlockFactors::Dense { rows: b }) => {
                 a.clone().matmul(b.clone().transpose())
             }
-            _ => unreachable!("Factors::from_grads pairs data rows of the same kind"),
+            _ => unreachable!("weights are handled by Block::gram_and_projection"),
         }
     }
 }
@@ -457,7 +432,7 @@ pub struct Block {
     /// The parameter's own shape.
     pub dims: Vec<usize>,
     /// The minibatch gradient in the matrix view, when registered explicitly; `None` when it is
-    /// implicit, `Uᵀ (w·1)` (see [`Factors::gradient_weight`]).
+    /// implicit, `U_dᵀ (w·1)` (see [`Factors::gradient_weight`]).
     pub grad: Option<Tensor<2>>,
     /// The per-example factors: the rows of the Fisher `UᵀU`.
     pub factors: BlockFactors,
