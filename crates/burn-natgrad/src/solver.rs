@@ -219,32 +219,36 @@ pub fn conjugate_gradient(
 pub fn gram_direct(k: &Tensor<2>, b: &Tensor<2>, damping: f64) -> Tensor<2> {
     let m = b.dims()[0];
     let device = b.device();
-    // One device read: [K | b], row-major [m, m + 1], widened to f64 in one pass.
-    let data = Tensor::cat(vec![k.clone(), b.clone()], 1).into_data();
-    let mut kd = Vec::with_capacity(m * m);
-    let mut bd = Vec::with_capacity(m);
-    let mut split = |row: &[f64]| {
-        kd.extend_from_slice(&row[..m]);
-        bd.push(row[m]);
-    };
-    match data.as_slice::<f32>() {
-        Ok(values) => {
-            let mut row = vec![0.0f64; m + 1];
-            for chunk in values.chunks_exact(m + 1) {
-                for (r, &v) in row.iter_mut().zip(chunk) {
-                    *r = f64::from(v);
+    // One device read: [K | b], row-major [m, m + 1], widened to f64 in one pass; the read
+    // buffer is dropped before the factorisation (peak memory).
+    let (kd, bd) = {
+        let data = Tensor::cat(vec![k.clone(), b.clone()], 1).into_data();
+        let mut kd = Vec::with_capacity(m * m);
+        let mut bd = Vec::with_capacity(m);
+        let mut split = |row: &[f64]| {
+            kd.extend_from_slice(&row[..m]);
+            bd.push(row[m]);
+        };
+        match data.as_slice::<f32>() {
+            Ok(values) => {
+                let mut row = vec![0.0f64; m + 1];
+                for chunk in values.chunks_exact(m + 1) {
+                    for (r, &v) in row.iter_mut().zip(chunk) {
+                        *r = f64::from(v);
+                    }
+                    split(&row);
                 }
-                split(&row);
+            }
+            Err(_) => {
+                let values = data
+                    .convert::<f64>()
+                    .try_into_vec::<f64>()
+                    .expect("float data");
+                values.chunks_exact(m + 1).for_each(&mut split);
             }
         }
-        Err(_) => {
-            let values = data
-                .convert::<f64>()
-                .try_into_vec::<f64>()
-                .expect("float data");
-            values.chunks_exact(m + 1).for_each(&mut split);
-        }
-    }
+        (kd, bd)
+    };
     let beta = cholesky_factor_solve(kd, &bd, m, damping).unwrap_or_else(|| vec![f64::NAN; m]);
     let beta: Vec<f32> = beta.into_iter().map(|v| v as f32).collect();
     Tensor::from_data(TensorData::new(beta, [m, 1]), &device)
