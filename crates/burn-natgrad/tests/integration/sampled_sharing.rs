@@ -172,3 +172,52 @@ fn reused_layer_with_shared_and_unshared_uses_matches_the_unshared_step() {
         check(reused, false, &[5, 5, 3], SolverKind::Gram, &device, name);
     }
 }
+
+/// Sequence input `[N, T, in]` (`T = 3`): the shared first layer's factors are periodic in the
+/// example and summed over `T`; same oracle as above.
+#[test]
+fn shared_first_layer_with_sequence_input_matches_the_unshared_step() {
+    for (name, device) in backends() {
+        let model = Mlp::new(&[4, 5, 3], true, 23, &device);
+        let ng = NaturalGradientConfig::new()
+            .with_fisher(FisherKind::Sampled { samples: SAMPLES })
+            .with_damping(0.1)
+            .build();
+        let x = tensor(5, [N * 3, 4], 1.0, &device).reshape([N, 3, 4]);
+        let y = labels(6, N, 3, &device);
+        let run = |shared: bool| {
+            let _rng = rng_lock();
+            device.seed(13);
+            let (mut cap, xs) = if shared {
+                ng.capture(x.clone())
+            } else {
+                (Capture::new(), Tensor::cat(vec![x.clone(); SAMPLES + 1], 0))
+            };
+            let logits = model.logits3(xs, &mut cap);
+            let out = ng
+                .try_classification(&model, cap, logits, y.clone())
+                .unwrap();
+            let factors = Factors::from_grads(&model, &out.grads).unwrap();
+            let directions = ng
+                .precondition(&model, 0.1, &out.grads)
+                .unwrap()
+                .directions
+                .expect("finite step");
+            let mut d = Vec::new();
+            model.visit(&mut Gather {
+                grads: &directions,
+                out: &mut d,
+            });
+            (factors, d)
+        };
+        let (shared, d_shared) = run(true);
+        let (_, d_plain) = run(false);
+        assert_eq!(
+            input_rows(&shared.blocks[0].factors),
+            N,
+            "{name}: layer 0 shared"
+        );
+        let err = rel_err(&d_shared, &d_plain);
+        assert!(err <= 1e-4, "{name}: directions differ by {err:e}");
+    }
+}
