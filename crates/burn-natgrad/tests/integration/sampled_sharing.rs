@@ -31,11 +31,11 @@ fn reused(m: &Mlp, x: Tensor<2>, cap: &mut Capture) -> Tensor<2> {
 
 /// Factors and directions of one sampled step; `shared`: through `NaturalGradient::capture`,
 /// otherwise through a plain capture on the batch stacked by hand.
-fn step(
+fn step<const D: usize>(
     ng: &NaturalGradient,
     model: &Mlp,
-    forward: Forward,
-    x: &Tensor<2>,
+    forward: impl Fn(&Mlp, Tensor<D>, &mut Capture) -> Tensor<2>,
+    x: &Tensor<D>,
     y: &Tensor<1, Int>,
     shared: bool,
 ) -> (Factors, Vec<f64>) {
@@ -185,33 +185,9 @@ fn shared_first_layer_with_sequence_input_matches_the_unshared_step() {
             .build();
         let x = tensor(5, [N * 3, 4], 1.0, &device).reshape([N, 3, 4]);
         let y = labels(6, N, 3, &device);
-        let run = |shared: bool| {
-            let _rng = rng_lock();
-            device.seed(13);
-            let (mut cap, xs) = if shared {
-                ng.capture(x.clone())
-            } else {
-                (Capture::new(), Tensor::cat(vec![x.clone(); SAMPLES + 1], 0))
-            };
-            let logits = model.logits3(xs, &mut cap);
-            let out = ng
-                .try_classification(&model, cap, logits, y.clone())
-                .unwrap();
-            let factors = Factors::from_grads(&model, &out.grads).unwrap();
-            let directions = ng
-                .precondition(&model, 0.1, &out.grads)
-                .unwrap()
-                .directions
-                .expect("finite step");
-            let mut d = Vec::new();
-            model.visit(&mut Gather {
-                grads: &directions,
-                out: &mut d,
-            });
-            (factors, d)
-        };
-        let (shared, d_shared) = run(true);
-        let (_, d_plain) = run(false);
+        let forward = |m: &Mlp, x: Tensor<3>, cap: &mut Capture| m.logits3(x, cap);
+        let (shared, d_shared) = step(&ng, &model, forward, &x, &y, true);
+        let (_, d_plain) = step(&ng, &model, forward, &x, &y, false);
         assert_eq!(
             input_rows(&shared.blocks[0].factors),
             N,
