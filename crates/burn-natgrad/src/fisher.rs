@@ -148,6 +148,8 @@ pub fn gram_and_implicit_projection(blocks: &[&Block]) -> (Tensor<2>, Tensor<2>)
         if covered[i] {
             continue;
         }
+        // A bias computed on its own (before its weight) is never fused again.
+        covered[i] = true;
         let block = blocks[i];
         let bias = match &block.factors {
             BlockFactors::Weight { input, .. } if input.dims()[1] == 1 => {

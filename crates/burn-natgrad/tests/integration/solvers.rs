@@ -5,7 +5,7 @@
 use crate::common::*;
 use burn::module::Module;
 use burn_natgrad::factors::{Block, Factors};
-use burn_natgrad::fisher::dense_rows;
+use burn_natgrad::fisher::{dense_rows, gram_and_implicit_projection};
 use burn_natgrad::solver::cholesky_solve;
 use burn_natgrad::{FisherKind, NaturalGradientConfig, NaturalGradientOutput, SolverKind};
 
@@ -131,5 +131,35 @@ fn damping_dominated_direction_is_scaled_gradient() {
             .collect();
         let scaled: Vec<f64> = grad.iter().map(|g| g / 1e4).collect();
         assert!(rel_err(&got, &scaled) < 1e-3, "{name}");
+    }
+}
+
+#[test]
+fn fused_weight_and_bias_gram_is_the_sum_of_the_blocks_in_any_order() {
+    // `gram_and_implicit_projection` computes a Linear's weight and bias together; in block
+    // order, reversed (bias before weight), and block by block it must agree.
+    for fisher in [FisherKind::Empirical, FisherKind::Sampled { samples: 2 }] {
+        for (name, device) in backends() {
+            let (model, out) = captured(fisher, &device);
+            let factors = Factors::from_grads(&model, &out.grads).unwrap();
+            let forward: Vec<&Block> = factors.blocks.iter().collect();
+            let reversed: Vec<&Block> = factors.blocks.iter().rev().collect();
+            let (k, b) = gram_and_implicit_projection(&forward);
+            let (kr, br) = gram_and_implicit_projection(&reversed);
+            let (ks, bs) = forward
+                .iter()
+                .map(|blk| blk.gram_and_implicit_projection())
+                .reduce(|(k1, b1), (k2, b2)| (k1 + k2, b1 + b2))
+                .unwrap();
+            let (k, b, ks, bs) = (host(k), host(b), host(ks), host(bs));
+            for (what, got) in [("reversed", (host(kr), host(br))), ("one by one", (ks, bs))] {
+                let ek = rel_err(&got.0, &k);
+                let eb = rel_err(&got.1, &b);
+                assert!(
+                    ek <= 1e-5 && eb <= 1e-5,
+                    "{name} {fisher:?} {what}: K {ek:e}, b {eb:e}"
+                );
+            }
+        }
     }
 }
