@@ -1,8 +1,10 @@
 //! Step-time and memory benchmark: SGD, Adam and the natural gradient (every solver, empirical
 //! and sampled Fisher), the per-example factor pass and a plain forward+backward, on MLPs
 //! 784-128-10, 784-512-512-10 and 784-1024-1024-10 at batch 128, 256 and 512, on every CPU
-//! backend compiled in (and wgpu with `--wgpu`; `--quick`: MLP-128 at batch 128 only). Ratios
-//! are to SGD measured in the same run. Writes `target/bench/results.csv`.
+//! backend compiled in (and wgpu with `--wgpu`; `--quick`: MLP-128 at batch 128 only;
+//! `--methods a,b`: those methods and SGD only). Ratios are to SGD measured in the same run.
+//! Writes `target/bench/results.csv`. The `-cb32` methods estimate the Fisher on a curvature
+//! batch of 32 examples (`NaturalGradientConfig::curvature_batch`).
 //!
 //! ```text
 //! cargo run --release --features flex --example bench
@@ -24,7 +26,7 @@ use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use burn_natgrad::{Capture, FisherKind, NaturalGradient, NaturalGradientConfig, SolverKind};
 
-const METHODS: [&str; 9] = [
+const METHODS: [&str; 11] = [
     "sgd",
     "adam",
     "ngd-empirical-gram",
@@ -32,6 +34,8 @@ const METHODS: [&str; 9] = [
     "ngd-empirical-cg-param",
     "ngd-sampled-1",
     "ngd-sampled-4",
+    "ngd-empirical-gram-cb32",
+    "ngd-sampled-1-cb32",
     "factors",
     "forward-backward",
 ];
@@ -75,8 +79,16 @@ fn rss_kb(field: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The natural-gradient methods; a `-cbM` suffix estimates the Fisher on a curvature batch of
+/// the first `M` examples.
 fn natgrad(method: &str) -> Option<NaturalGradient> {
-    let c = NaturalGradientConfig::new().with_damping(1.0);
+    let (method, curvature) = match method.rsplit_once("-cb") {
+        Some((base, m)) => (base, Some(m.parse().expect("curvature batch"))),
+        None => (method, None),
+    };
+    let c = NaturalGradientConfig::new()
+        .with_damping(1.0)
+        .with_curvature_batch(curvature);
     let c = match method {
         "ngd-empirical-gram" => c,
         "ngd-empirical-cg-sample" => c
@@ -215,6 +227,23 @@ fn main() {
         &["mlp-128", "mlp-512", "mlp-1024"]
     };
     let batches: &[usize] = if quick { &[128] } else { &[128, 256, 512] };
+    let methods: Vec<&str> = match args.iter().position(|a| a == "--methods") {
+        Some(i) => {
+            let wanted: Vec<&str> = args.get(i + 1).expect("--methods a,b").split(',').collect();
+            for w in &wanted {
+                assert!(
+                    METHODS.contains(w),
+                    "unknown method {w}; known: {METHODS:?}"
+                );
+            }
+            METHODS
+                .iter()
+                .copied()
+                .filter(|m| *m == "sgd" || wanted.contains(m))
+                .collect()
+        }
+        None => METHODS.to_vec(),
+    };
     let exe = std::env::current_exe().expect("current exe");
     let mut csv = String::from("backend,model,batch,method,median_ms,ratio_vs_sgd,peak_mb\n");
     println!("| backend | model | batch | method | median ms | × SGD | peak MB | × SGD |");
@@ -231,10 +260,10 @@ fn main() {
                 // Rounds: every method runs once per round, in a fresh child, and its step
                 // times are pooled over the rounds, so that a slow spell of this shared machine
                 // lands on all methods alike instead of on one.
-                let mut times: Vec<Vec<f64>> = vec![Vec::new(); METHODS.len()];
-                let mut peaks: Vec<f64> = vec![f64::NAN; METHODS.len()];
+                let mut times: Vec<Vec<f64>> = vec![Vec::new(); methods.len()];
+                let mut peaks: Vec<f64> = vec![f64::NAN; methods.len()];
                 for _ in 0..ROUNDS {
-                    for (i, method) in METHODS.iter().enumerate() {
+                    for (i, method) in methods.iter().enumerate() {
                         let out = Command::new(&exe)
                             .args([
                                 "--child",
@@ -268,7 +297,7 @@ fn main() {
                 }
                 let medians: Vec<f64> = times.into_iter().map(median).collect();
                 let (sgd_ms, sgd_mb) = (medians[0], peaks[0]);
-                for (i, method) in METHODS.iter().enumerate() {
+                for (i, method) in methods.iter().enumerate() {
                     let (ms, mb) = (medians[i], peaks[i]);
                     println!(
                         "| {backend} | {model} | {batch} | {method} | {ms:.2} | {:.2} | {mb:.1} | {:.2} |",

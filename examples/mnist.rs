@@ -64,6 +64,10 @@ struct Args {
     /// Labels sampled per example for `--fisher sampled`.
     #[arg(long, default_value_t = 1)]
     samples: usize,
+    /// Estimate the natural gradient's Fisher on the first N examples of each batch (a
+    /// curvature batch; the gradient still uses the whole batch) [default: the whole batch].
+    #[arg(long)]
+    curvature_batch: Option<usize>,
     /// Solver of the natural gradient.
     #[arg(long, value_enum, default_value_t = Solver::Gram)]
     solver: Solver,
@@ -178,6 +182,7 @@ fn ngd_config(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpe
             Solver::CgParam => SolverKind::CgParam,
         })
         .with_damping(damping)
+        .with_curvature_batch(args.curvature_batch)
         .with_kl_max(kl_max(args));
     if momentum > 0.0 {
         config = config.with_momentum(Some(

@@ -36,6 +36,9 @@ struct Args {
     /// Batch size.
     #[arg(long, default_value_t = 128)]
     batch: usize,
+    /// Curvature batch of the natural gradient (default: the whole batch).
+    #[arg(long)]
+    curvature_batch: Option<usize>,
     /// Measured iterations (after 5 warm-up iterations).
     #[arg(long, default_value_t = 40)]
     steps: usize,
@@ -99,7 +102,9 @@ fn main() {
             .init(&device)
             .forward(logits, y.clone())
     };
-    let (ng, mut optim) = NaturalGradientConfig::new().init();
+    let (ng, mut optim) = NaturalGradientConfig::new()
+        .with_curvature_batch(args.curvature_batch)
+        .init();
     let mut sgd = SgdConfig::new().init();
     let mut times = vec![Vec::new(); PHASES.len()];
     for iteration in 0..args.steps + 5 {

@@ -29,6 +29,7 @@ const TAG_DATA_INPUT: u64 = 0x6e67_5f64_696e_7075; // "ng_dinpu"
 const TAG_DATA_OUTPUT_GRAD: u64 = 0x6e67_5f64_6465_6c74; // "ng_ddelt"
 const TAG_DATA_BIAS: u64 = 0x6e67_5f64_6269_6173; // "ng_dbias"
 const TAG_DATA_ROWS: u64 = 0x6e67_5f64_726f_7773; // "ng_drows"
+const TAG_DATA_SHARED_INPUT: u64 = 0x6e67_5f64_7368_6172; // "ng_dshar"
 
 /// `input` (`[P, T, d]`, `P` dividing `rows`) with one row per example: row `m` is `input[m mod
 /// P]`.
@@ -345,14 +346,16 @@ impl BlockFactors {
 }
 
 /// The data rows of a block whose Fisher rows are not the data's (the sampled Fisher, whose
-/// rows are labels drawn from the model): the minibatch gradient is `U_dᵀ (w·1)` with these rows
-/// `U_d` (see [`Factors::gradient_weight`]).
+/// rows are labels drawn from the model, or a curvature batch, whose rows are the first `m` of
+/// the data's): the minibatch gradient is `U_dᵀ (w·1)` with these rows `U_d` (see
+/// [`Factors::gradient_weight`]).
 #[derive(Clone, Debug)]
 pub struct DataRows {
     /// The data rows' factors, of the same kind as the block's Fisher rows, scaled alike.
     pub factors: BlockFactors,
-    /// For a weight: the data rows use the Fisher rows' `input` (`[N, T, in]`, one row per
-    /// example), so that `X Xᵀ` is computed once for both.
+    /// For a weight: the Fisher rows' input (`[P, T, in]`) is the first `P ≤ N` rows of the
+    /// data rows' input (`[N, T, in]`), so that `X_F X_dᵀ` serves both Gram products and one
+    /// matmul both back-projections.
     pub shares_input: bool,
 }
 
@@ -362,9 +365,12 @@ impl DataRows {
     pub(crate) fn register(&self, id: ParamId, grads: &mut GradientsParams) {
         match &self.factors {
             BlockFactors::Weight { input, output_grad } => {
-                if !self.shares_input {
-                    grads.register(derived_id(id, TAG_DATA_INPUT), input.clone());
-                }
+                let tag = if self.shares_input {
+                    TAG_DATA_SHARED_INPUT
+                } else {
+                    TAG_DATA_INPUT
+                };
+                grads.register(derived_id(id, tag), input.clone());
                 grads.register(derived_id(id, TAG_DATA_OUTPUT_GRAD), output_grad.clone());
             }
             BlockFactors::Bias { output_grad } => {
@@ -383,20 +389,16 @@ impl DataRows {
         fisher: &BlockFactors,
     ) -> Option<Self> {
         match fisher {
-            BlockFactors::Weight { input, .. } => {
+            BlockFactors::Weight { .. } => {
                 let output_grad = grads.get::<3>(derived_id(id, TAG_DATA_OUTPUT_GRAD))?;
-                Some(match grads.get::<3>(derived_id(id, TAG_DATA_INPUT)) {
-                    Some(input) => DataRows {
-                        factors: BlockFactors::Weight { input, output_grad },
-                        shares_input: false,
-                    },
-                    None => DataRows {
-                        factors: BlockFactors::Weight {
-                            input: input.clone(),
-                            output_grad,
-                        },
-                        shares_input: true,
-                    },
+                let (input, shares_input) =
+                    match grads.get::<3>(derived_id(id, TAG_DATA_SHARED_INPUT)) {
+                        Some(input) => (input, true),
+                        None => (grads.get::<3>(derived_id(id, TAG_DATA_INPUT))?, false),
+                    };
+                Some(DataRows {
+                    factors: BlockFactors::Weight { input, output_grad },
+                    shares_input,
                 })
             }
             BlockFactors::Bias { .. } => {
@@ -477,7 +479,23 @@ impl Block {
             "a bias shares Δ with its weight only when T = 1"
         );
         let plus = |xx: Tensor<2>| if with_bias { xx.add_scalar(1.0) } else { xx };
-        let xx = plus(self_gram(x.clone()));
+        // Data rows on more input rows than the Fisher's, which are their first `P` (a curvature
+        // batch): `X_F X_dᵀ` is computed once, and `X_F X_Fᵀ` is its first `P·T` columns.
+        let prefix_cross = match &self.data {
+            Some(DataRows {
+                factors: BlockFactors::Weight { input: d_input, .. },
+                shares_input: true,
+            }) if d_input.dims()[0] > p => {
+                let [pd, _, d_in] = d_input.dims();
+                let xd = d_input.clone().reshape([pd * t, d_in]);
+                Some(plus(x.clone().matmul(xd.transpose())))
+            }
+            _ => None,
+        };
+        let xx = match &prefix_cross {
+            Some(cross) => cross.clone().slice([0..p * t, 0..p * t]),
+            None => plus(self_gram(x.clone())),
+        };
         let k = sum_over_t(
             tiled(xx.clone(), p, m, m) * g.clone().matmul(g.clone().transpose()),
             m,
@@ -495,7 +513,13 @@ impl Block {
                     unreachable!("Factors::from_grads pairs data rows of the same kind")
                 };
                 let (pd, n, _, xd, gd) = flatten(d_input, d_grad);
-                let xc = if data.shares_input {
+                let xc = if let Some(cross) = prefix_cross {
+                    if m > p {
+                        cross.repeat_dim(0, m / p)
+                    } else {
+                        cross
+                    }
+                } else if data.shares_input {
                     tiled(xx, p, m, n)
                 } else {
                     let d_in = x.dims()[1];
@@ -523,21 +547,38 @@ impl Block {
                 (
                     BlockFactors::Weight { input, output_grad },
                     BlockFactors::Weight {
+                        input: d_input,
                         output_grad: d_grad,
-                        ..
                     },
                 ) if data.shares_input => {
                     let [m, t, d_out] = output_grad.dims();
-                    let n = d_grad.dims()[0];
-                    // The data rows are one more copy sharing the input: stack them first.
+                    let [n, _, _] = d_grad.dims();
+                    let p = input.dims()[0];
+                    let weighted_data = d_grad.clone() * a.clone().reshape([n, 1, 1]);
+                    let weighted_fisher = output_grad.clone() * f.clone().reshape([m, 1, 1]);
+                    if p == n {
+                        // The data rows are one more copy sharing the input: stack them first.
+                        let weighted = Tensor::cat(vec![weighted_data, weighted_fisher], 0);
+                        return weight_back(input, weighted, m + n, t, d_out);
+                    }
+                    // The Fisher rows use the first `P` data inputs: fold them onto those
+                    // `P` rows, add them to the data's, and multiply once by `X_dᵀ`.
+                    let folded = if m > p {
+                        weighted_fisher
+                            .reshape([m / p, p * t * d_out])
+                            .sum_dim(0)
+                            .reshape([p, t, d_out])
+                    } else {
+                        weighted_fisher
+                    };
                     let weighted = Tensor::cat(
                         vec![
-                            d_grad.clone() * a.clone().reshape([n, 1, 1]),
-                            output_grad.clone() * f.clone().reshape([m, 1, 1]),
+                            weighted_data.clone().slice(0..p) + folded,
+                            weighted_data.slice(p..n),
                         ],
                         0,
                     );
-                    weight_back(input, weighted, m + n, t, d_out)
+                    weight_back(d_input, weighted, n, t, d_out)
                 }
                 _ => data.factors.back(a) + self.factors.back(f),
             },
@@ -625,9 +666,13 @@ impl Factors {
                         b.path
                     )));
                 };
-                let shared_ok = match &data.factors {
-                    BlockFactors::Weight { input, .. } if data.shares_input => {
-                        input.dims()[0] == n && m % n == 0
+                let shared_ok = match (&b.factors, &data.factors) {
+                    (
+                        BlockFactors::Weight { input, .. },
+                        BlockFactors::Weight { input: d_input, .. },
+                    ) if data.shares_input => {
+                        let p = input.dims()[0];
+                        d_input.dims()[0] == n && p <= n && input.dims()[1..] == d_input.dims()[1..]
                     }
                     _ => true,
                 };

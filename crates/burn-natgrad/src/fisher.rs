@@ -12,6 +12,12 @@
 //! * empirical: `F = (1/N) Σᵢ gᵢ gᵢᵀ`
 //! * sampled:   `F = (1/(N k)) Σᵢ Σₛ gᵢₛ gᵢₛᵀ`
 //!
+//! With a *curvature batch* of `m < N` examples (`NaturalGradientConfig::curvature_batch`) the
+//! sums run over the first `m` examples only, `1/N` becoming `1/m`, while the gradient still
+//! averages all `N` (Martens, "Deep learning via Hessian-free optimization", 2010, §4.3; Byrd,
+//! Chin, Neveitt & Nocedal, "On the Use of Stochastic Hessian Information in Optimization
+//! Methods for Machine Learning", 2011).
+//!
 //! Both couple every parameter of the model; the block-diagonal option keeps only the blocks of
 //! each layer. Products are formed from the factors (see [`factors`](crate::factors)), never from
 //! an `N × P` or `P × P` matrix, except in [`dense_fisher`], the test oracle.
@@ -57,22 +63,24 @@ pub(crate) fn cross_entropy_rows(logits: Tensor<2>, labels: Tensor<1, Int>) -> T
 }
 
 /// Checks `targets` against the logits: shape, and labels in `0..classes` (one host read).
+/// `rows_for(n)` is how many logit rows a batch of `n` examples must have.
 pub(crate) fn check_targets(
     logits_rows: usize,
     classes: usize,
     targets: &Tensor<1, Int>,
-    copies: usize,
+    rows_for: impl Fn(usize) -> usize,
 ) -> Result<usize, NatGradError> {
     let n = targets.dims()[0];
     if n == 0 {
         return Err(NatGradError::InvalidInput("the batch is empty".into()));
     }
-    if logits_rows != n * copies {
+    let expected = rows_for(n);
+    if logits_rows != expected {
         return Err(NatGradError::InvalidInput(format!(
             "the logits have {logits_rows} rows but there are {n} targets and the Fisher needs \
-             {copies} cop{} of the batch: run the forward pass on the input returned by \
-             `NaturalGradient::capture`",
-            if copies == 1 { "y" } else { "ies" }
+             {expected} row{} (the batch, and the rows its sampled labels are drawn for): run \
+             the forward pass on the input returned by `NaturalGradient::capture`",
+            if expected == 1 { "" } else { "s" }
         )));
     }
     let range = Tensor::cat(
@@ -94,34 +102,38 @@ pub(crate) fn check_targets(
     Ok(n)
 }
 
-/// Labels for all `copies` of the batch: the data labels, then `k` labels per example drawn
-/// from `softmax(logits)` of the first copy (detached).
+/// Labels for every row of the stacked batch: the `N` data labels, then `k` labels for each of
+/// the first `m` examples (the curvature batch) drawn from `softmax(logits)` of the data rows
+/// (detached), copy-major.
 pub(crate) fn labels_for(
     kind: FisherKind,
     logits: &Tensor<2>,
     targets: Tensor<1, Int>,
+    m: usize,
 ) -> Tensor<1, Int> {
     match kind {
         FisherKind::Empirical => targets,
         FisherKind::Sampled { samples } => {
-            let n = targets.dims()[0];
-            let probs = softmax(logits.clone().slice(0..n).inner(), 1);
-            // [n, k] -> copy-major [k * n]: copy s holds every example's s-th draw.
+            let probs = softmax(logits.clone().slice(0..m).inner(), 1);
+            // [m, k] -> copy-major [k * m]: copy s holds every curvature example's s-th draw.
             let drawn = probs
                 .categorical(samples)
                 .transpose()
-                .reshape([samples * n]);
+                .reshape([samples * m]);
             Tensor::cat(vec![targets, drawn.to_device(&logits.device())], 0)
         }
     }
 }
 
 /// The Fisher scale `c` such that `F = c Σ_rows u uᵀ` for rows `u` = probe factors of a mean loss
-/// over `n` examples (`u = gᵢ / n`): `n` for the empirical Fisher, `n / k` for the sampled one.
-pub(crate) fn fisher_scale(kind: FisherKind, n: usize) -> f64 {
+/// over `n` examples (`u = gᵢ / n`), with Fisher rows from a curvature batch of `m ≤ n`
+/// examples: `F = (1/m) Σ_{i<m} gᵢgᵢᵀ`, so `c = n²/m` for the empirical Fisher, and `n²/(m k)`
+/// for the sampled one (`n` and `n / k` over the whole batch).
+pub(crate) fn fisher_scale(kind: FisherKind, n: usize, m: usize) -> f64 {
+    let (n, m) = (n as f64, m as f64);
     match kind {
-        FisherKind::Empirical => n as f64,
-        FisherKind::Sampled { samples } => n as f64 / samples as f64,
+        FisherKind::Empirical => n * n / m,
+        FisherKind::Sampled { samples } => n * n / (m * samples as f64),
     }
 }
 

@@ -10,7 +10,9 @@
 //!   ([`Capture`]), with an exact per-example loop for any other model
 //!   ([`per_example_classification`]);
 //! * forms the **empirical** or **model-sampled** Fisher ([`FisherKind`]), coupled across all
-//!   parameters or block-diagonal per layer, without ever materialising `N × P` or `P × P`;
+//!   parameters or block-diagonal per layer, without ever materialising `N × P` or `P × P`,
+//!   on the whole batch or on a curvature batch of its first `m` examples
+//!   ([`NaturalGradientConfig::curvature_batch`]);
 //! * solves the damped system exactly in sample space (Woodbury/Gram) or by conjugate gradient
 //!   in sample or parameter space ([`SolverKind`]);
 //! * applies a KL trust region, momentum and weight decay, and plugs into Burn's

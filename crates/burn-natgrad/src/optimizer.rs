@@ -54,6 +54,16 @@ pub struct NaturalGradientConfig {
     /// Use the per-layer block-diagonal Fisher instead of the full, coupled one. Default: false.
     #[config(default = false)]
     pub block_diagonal: bool,
+    /// Estimate the Fisher on the first `m` examples of each batch only, a curvature
+    /// mini-batch (Martens, "Deep learning via Hessian-free optimization", 2010, §4.3; Byrd,
+    /// Chin, Neveitt & Nocedal, "On the Use of Stochastic Hessian Information in Optimization
+    /// Methods for Machine Learning", 2011), while the gradient still averages all `N`
+    /// examples. The Gram system is then `m × m`, its products cost `m·N` instead of `N²` per
+    /// layer, and the sampled Fisher draws labels for `m` examples only. Batches are assumed
+    /// shuffled, so that their first `m` examples are a random subset. `None` (default), or
+    /// `m ≥ N`: the whole batch.
+    #[config(default = "None")]
+    pub curvature_batch: Option<usize>,
     /// Conjugate-gradient iteration cap (CG solvers). Default: 50.
     #[config(default = 50)]
     pub cg_max_iters: usize,
@@ -91,6 +101,12 @@ impl NaturalGradientConfig {
             return Err(NatGradError::InvalidConfig {
                 field: "fisher",
                 reason: "Sampled { samples } needs at least one sample per example, got 0".into(),
+            });
+        }
+        if self.curvature_batch == Some(0) {
+            return Err(NatGradError::InvalidConfig {
+                field: "curvature_batch",
+                reason: "must be at least 1 example (None: the whole batch), got 0".into(),
             });
         }
         if self.solver != SolverKind::Gram {
@@ -265,17 +281,34 @@ impl NaturalGradient {
         ModuleOptimizer::from(self.clone())
     }
 
+    /// How many examples of a batch of `n` the Fisher is estimated on: the curvature batch,
+    /// at most `n` (see [`NaturalGradientConfig::curvature_batch`]).
+    pub fn curvature_rows(&self, n: usize) -> usize {
+        self.config.curvature_batch.map_or(n, |m| m.min(n))
+    }
+
     /// Starts a captured training step: returns an enabled [`Capture`] and the input to run the
-    /// forward pass on. For the sampled Fisher with `k` samples the input is the batch stacked
-    /// `k + 1` times along dimension 0; for the empirical Fisher it is the batch itself.
+    /// forward pass on. For the empirical Fisher it is the batch itself. For the sampled Fisher
+    /// with `k` samples it is the batch followed by `k` copies of its first `m` examples (the
+    /// curvature batch, all of it by default), stacked along dimension 0: `N + k·m` rows.
     pub fn capture<const D: usize>(&self, input: Tensor<D>) -> (Capture, Tensor<D>) {
-        let copies = self.config.fisher.copies();
-        let input = if copies == 1 {
-            input
-        } else {
-            Tensor::cat(vec![input; copies], 0)
+        let FisherKind::Sampled { samples } = self.config.fisher else {
+            return (Capture::new(), input);
         };
-        (Capture::with_copies(copies), input)
+        let n = input.dims()[0];
+        let m = self.curvature_rows(n);
+        if m == n {
+            // Whole copies: the capture computes a layer that sees only data once for all.
+            let copies = samples + 1;
+            return (
+                Capture::with_copies(copies),
+                Tensor::cat(vec![input; copies], 0),
+            );
+        }
+        let curvature = input.clone().narrow(0, 0, m);
+        let mut parts = vec![input];
+        parts.extend(std::iter::repeat_n(curvature, samples));
+        (Capture::new(), Tensor::cat(parts, 0))
     }
 
     /// Finishes a captured step of a softmax classifier: cross-entropy on the data labels (and
@@ -310,7 +343,10 @@ impl NaturalGradient {
     ) -> Result<NaturalGradientOutput, NatGradError> {
         let kind = self.config.fisher;
         let [rows, classes] = logits.dims();
-        let n = check_targets(rows, classes, &targets, kind.copies())?;
+        let n = check_targets(rows, classes, &targets, |n| {
+            n + (kind.copies() - 1) * self.curvature_rows(n)
+        })?;
+        let m = self.curvature_rows(n);
         if !capture.is_enabled() || capture.is_empty() {
             return Err(NatGradError::InvalidInput(
                 "the capture recorded no layer: run the forward pass with the capture from \
@@ -319,7 +355,7 @@ impl NaturalGradient {
                     .into(),
             ));
         }
-        let labels = labels_for(kind, &logits, targets);
+        let labels = labels_for(kind, &logits, targets, m);
         let per_row = cross_entropy_rows(logits.clone(), labels);
         let data_loss = per_row.clone().slice(0..n).mean().inner();
         let gradients = per_row.sum().div_scalar(n as f64).backward();
@@ -328,30 +364,43 @@ impl NaturalGradient {
 
         // Every row is scaled alike, so that the Fisher is UᵀU; the gradient is then
         // g = Σ xᵢᵀΔᵢ = U_dᵀ(1/scale · 1) over the data rows U_d, left implicit (the capture kept
-        // autodiff from computing it). Empirical: the data rows are the Fisher rows. Sampled: the
-        // first copy holds the data rows, the others the Fisher's.
-        let scale = fisher_scale(kind, n).sqrt();
+        // autodiff from computing it). Empirical over the whole batch: the data rows are the
+        // Fisher rows. Empirical with a curvature batch: the Fisher rows are the first m data
+        // rows. Sampled: the data rows come first, then the Fisher's.
+        let scale = fisher_scale(kind, n, m).sqrt();
         let w = Tensor::<1>::from_floats([1.0 / scale as f32], &logits.device());
         grads.register(gradient_weight_id(), w);
         for layer in &layers {
             for (id, block) in layer.blocks() {
-                if kind.copies() == 1 {
-                    block.scaled(scale).register(id, &mut grads);
-                    continue;
-                }
-                let shares_input = matches!(
-                    &block,
-                    BlockFactors::Weight { input, .. } if input.dims()[0] == n
-                );
-                let data = DataRows {
-                    factors: block.clone().slice_rows(0, n).scaled(scale),
-                    shares_input,
+                let is_weight = matches!(block, BlockFactors::Weight { .. });
+                let (fisher, data) = match kind {
+                    FisherKind::Empirical if m == n => (block, None),
+                    FisherKind::Empirical => (
+                        block.clone().slice_rows(0, m),
+                        // The Fisher rows' input is the first m rows of the data's.
+                        Some((block, is_weight)),
+                    ),
+                    FisherKind::Sampled { .. } => {
+                        // A layer computed once for all copies keeps one input row per example,
+                        // which the data rows share.
+                        let shares_input = matches!(
+                            &block,
+                            BlockFactors::Weight { input, .. } if input.dims()[0] == n
+                        );
+                        (
+                            block.clone().slice_rows(n, rows),
+                            Some((block.slice_rows(0, n), shares_input)),
+                        )
+                    }
                 };
-                block
-                    .slice_rows(n, rows)
-                    .scaled(scale)
+                fisher.scaled(scale).register(id, &mut grads);
+                if let Some((factors, shares_input)) = data {
+                    DataRows {
+                        factors: factors.scaled(scale),
+                        shares_input,
+                    }
                     .register(id, &mut grads);
-                data.register(id, &mut grads);
+                }
             }
         }
         // Every parameter with a gradient must now have factors: names those the capture missed.

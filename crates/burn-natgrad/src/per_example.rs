@@ -59,7 +59,9 @@ impl ModuleVisitor for Mean<'_> {
 }
 
 /// Exact per-example natural-gradient inputs for any model: one forward and backward pass per
-/// example (plus one per sampled label for the sampled Fisher), with `forward(model, x)` mapping
+/// example (plus one per sampled label of each curvature-batch example for the sampled Fisher;
+/// see [`NaturalGradientConfig::curvature_batch`](crate::NaturalGradientConfig)), with
+/// `forward(model, x)` mapping
 /// a batch `[1, …]` to logits `[1, C]`. The result feeds [`NaturalGradient::step`] like
 /// [`NaturalGradient::classification`]'s does. Slow (`N` backward passes) and `O(N·P)` memory.
 pub fn per_example_classification<M, F, const D: usize>(
@@ -81,6 +83,7 @@ where
         )));
     }
     let kind = natgrad.config().fisher;
+    let m = natgrad.curvature_rows(n);
     let mut sums = GradientsParams::new();
     let mut data_rows: HashMap<ParamId, Vec<Tensor<2>>> = HashMap::new();
     let mut sampled_rows: HashMap<ParamId, Vec<Tensor<2>>> = HashMap::new();
@@ -92,7 +95,7 @@ where
         let logits = forward(model, x.clone());
         if i == 0 {
             let [_, classes] = logits.dims();
-            check_targets(n, classes, &targets, 1)?;
+            check_targets(n, classes, &targets, |n| n)?;
         }
         let loss = cross_entropy_rows(logits.clone(), y).reshape([1]);
         losses.push(loss.clone().inner());
@@ -103,7 +106,8 @@ where
             sums: Some(&mut sums),
             rows: &mut data_rows,
         });
-        if let FisherKind::Sampled { samples } = kind {
+        let curvature = i < m;
+        if let (FisherKind::Sampled { samples }, true) = (kind, curvature) {
             let drawn = softmax(logits.inner(), 1).categorical(samples);
             for s in 0..samples {
                 let label = drawn
@@ -125,10 +129,20 @@ where
         grads: &mut sums,
         n: n as f64,
     });
-    // F = (1/R) Σ_r g_r g_rᵀ over the R Fisher rows: rows scaled by 1/√R.
+    // F = (1/R) Σ_r g_r g_rᵀ over the R Fisher rows: rows scaled by 1/√R. The empirical
+    // Fisher's rows are the first m examples' gradients (the curvature batch).
     let (rows, count) = match kind {
-        FisherKind::Empirical => (data_rows, n),
-        FisherKind::Sampled { samples } => (sampled_rows, n * samples),
+        FisherKind::Empirical => (
+            data_rows
+                .into_iter()
+                .map(|(id, mut rows)| {
+                    rows.truncate(m);
+                    (id, rows)
+                })
+                .collect(),
+            m,
+        ),
+        FisherKind::Sampled { samples } => (sampled_rows, m * samples),
     };
     let scale = 1.0 / (count as f64).sqrt();
     for (id, rows) in rows {

@@ -65,7 +65,7 @@ impl OptimizerSpec {
     pub fn describe(&self) -> String {
         match self {
             OptimizerSpec::Ngd { config, lr } => format!(
-                "lr {lr}, damping {}, kl_max {}, solver {:?}, momentum {}",
+                "lr {lr}, damping {}, kl_max {}, solver {:?}, momentum {}{}",
                 config.damping,
                 config.kl_max.map_or("none".into(), |k| k.to_string()),
                 config.solver,
@@ -73,6 +73,9 @@ impl OptimizerSpec {
                     .momentum
                     .as_ref()
                     .map_or("none".into(), |m| m.momentum.to_string()),
+                config
+                    .curvature_batch
+                    .map_or(String::new(), |m| format!(", curvature batch {m}")),
             ),
             OptimizerSpec::Sgd { lr } | OptimizerSpec::Adam { lr } => format!("lr {lr}"),
         }

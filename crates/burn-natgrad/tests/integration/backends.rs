@@ -1,10 +1,15 @@
-//! The same inputs give the same natural-gradient directions on every compiled backend.
+//! The same inputs give the same natural-gradient directions on every compiled backend, on the
+//! whole batch and on a curvature batch.
 
 use crate::common::*;
 use burn::module::Module;
 use burn_natgrad::{FisherKind, NaturalGradientConfig, SolverKind};
 
-fn directions(device: &burn::tensor::Device, solver: SolverKind) -> Vec<f64> {
+fn directions(
+    device: &burn::tensor::Device,
+    solver: SolverKind,
+    curvature_batch: Option<usize>,
+) -> Vec<f64> {
     let model = Mlp::new(&[6, 8, 4], true, 50, device);
     let ng = NaturalGradientConfig::new()
         .with_fisher(FisherKind::Empirical)
@@ -12,6 +17,7 @@ fn directions(device: &burn::tensor::Device, solver: SolverKind) -> Vec<f64> {
         .with_damping(0.1)
         .with_cg_max_iters(100)
         .with_cg_tolerance(1e-8)
+        .with_curvature_batch(curvature_batch)
         .build();
     let (mut cap, x) = ng.capture(tensor(51, [16, 6], 1.0, device));
     let logits = model.logits2(x, &mut cap);
@@ -36,15 +42,16 @@ fn backends_agree_on_directions() {
         "backends: {:?}",
         all.iter().map(|(n, _)| *n).collect::<Vec<_>>()
     );
-    for solver in [SolverKind::Gram, SolverKind::CgSample, SolverKind::CgParam] {
+    let solvers = [SolverKind::Gram, SolverKind::CgSample, SolverKind::CgParam];
+    for (solver, curv) in solvers.into_iter().flat_map(|s| [(s, None), (s, Some(5))]) {
         let (ref_name, ref_device) = &all[0];
-        let reference = directions(ref_device, solver);
+        let reference = directions(ref_device, solver, curv);
         for (name, device) in &all[1..] {
-            let err = rel_err(&directions(device, solver), &reference);
-            println!("{solver:?}: {name} vs {ref_name}: rel err {err:e}");
+            let err = rel_err(&directions(device, solver, curv), &reference);
+            println!("{solver:?} {curv:?}: {name} vs {ref_name}: rel err {err:e}");
             assert!(
                 err <= 1e-4,
-                "{solver:?}: {name} vs {ref_name}: rel err {err:e}"
+                "{solver:?} {curv:?}: {name} vs {ref_name}: rel err {err:e}"
             );
         }
     }

@@ -65,6 +65,11 @@ fn invalid_configs_are_rejected_before_training() {
             .with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(-1.0))),
     );
     assert!(msg.contains("`weight_decay.penalty`"), "{msg}");
+    let msg = config_error(NaturalGradientConfig::new().with_curvature_batch(Some(0)));
+    assert!(
+        msg.contains("`curvature_batch`") && msg.contains("at least 1"),
+        "{msg}"
+    );
     // build() and init() panic with the same message.
     let msg = panic_message(|| {
         NaturalGradientConfig::new().with_damping(0.0).init();
@@ -190,9 +195,21 @@ fn bad_targets_and_shapes_are_reported() {
             .unwrap_err()
             .to_string();
         assert!(
-            msg.contains("NaturalGradient::capture") && msg.contains("3 copies"),
+            msg.contains("NaturalGradient::capture") && msg.contains("needs 18 rows"),
             "{msg}"
         );
+        // The same with a curvature batch of 2: the batch and 2 copies of 2 rows.
+        let curv = NaturalGradientConfig::new()
+            .with_fisher(FisherKind::Sampled { samples: 2 })
+            .with_curvature_batch(Some(2))
+            .build();
+        let mut cap = Capture::new();
+        let logits = model.logits2(tensor(1, [6, 4], 1.0, &device), &mut cap);
+        let msg = curv
+            .try_classification(&model, cap, logits, labels(2, 6, 3, &device))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("needs 10 rows"), "{msg}");
         // A disabled capture.
         let logits = model.logits2(tensor(1, [6, 4], 1.0, &device), &mut Capture::disabled());
         let msg = NaturalGradientConfig::new()

@@ -4,6 +4,7 @@
 mod common;
 
 mod backends;
+mod curvature_batch;
 mod errors;
 mod learner;
 mod per_example;

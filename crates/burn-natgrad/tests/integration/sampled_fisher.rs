@@ -7,6 +7,9 @@
 //! about 0.01 (a per-entry coefficient of variation of ~1.5 over 16,000 draws), so 0.05 is a
 //! 5σ bound. The empirical Fisher (data labels) must miss by more than 0.2, so the test tells
 //! the two apart.
+//!
+//! With a curvature batch of the first 2 examples, the estimate (k = 8000, the same 16,000
+//! draws) must match the exact Fisher of those 2 examples alone, and miss the whole batch's.
 
 use crate::common::*;
 use burn_natgrad::factors::{Block, Factors};
@@ -21,7 +24,17 @@ fn frob_rel(a: &[f64], b: &[f64]) -> f64 {
 
 #[test]
 fn sampled_fisher_expectation_matches_exact_fisher() {
+    check(None);
+}
+
+#[test]
+fn sampled_fisher_of_a_curvature_batch_matches_its_exact_fisher() {
+    check(Some(2));
+}
+
+fn check(curvature_batch: Option<usize>) {
     let (n, d_in, c) = (4usize, 3usize, 4usize);
+    let m = curvature_batch.unwrap_or(n);
     for (name, device) in backends() {
         let model = Mlp::new(&[d_in, c], true, 31, &device);
         let x = tensor(17, [n, d_in], 1.0, &device);
@@ -33,6 +46,7 @@ fn sampled_fisher_expectation_matches_exact_fisher() {
         let b = host(model.layers[0].bias.as_ref().unwrap().val().inner());
         let p_dim = d_in * c + c;
         let mut exact = vec![0.0; p_dim * p_dim];
+        let mut exact_whole = vec![0.0; p_dim * p_dim];
         for i in 0..n {
             let z: Vec<f64> = (0..c)
                 .map(|o| {
@@ -54,14 +68,21 @@ fn sampled_fisher_expectation_matches_exact_fisher() {
                 u.extend(&delta);
                 for r in 0..p_dim {
                     for s in 0..p_dim {
-                        exact[r * p_dim + s] += p[label] * u[r] * u[s] / n as f64;
+                        let v = p[label] * u[r] * u[s];
+                        exact_whole[r * p_dim + s] += v / n as f64;
+                        if i < m {
+                            exact[r * p_dim + s] += v / m as f64;
+                        }
                     }
                 }
             }
         }
 
         let fisher_of = |fisher: FisherKind| {
-            let ng = NaturalGradientConfig::new().with_fisher(fisher).build();
+            let ng = NaturalGradientConfig::new()
+                .with_fisher(fisher)
+                .with_curvature_batch(curvature_batch)
+                .build();
             let _rng = rng_lock();
             device.seed(1234);
             let (mut cap, xc) = ng.capture(x.clone());
@@ -73,11 +94,15 @@ fn sampled_fisher_expectation_matches_exact_fisher() {
             let blocks: Vec<&Block> = factors.blocks.iter().collect();
             host(dense_fisher(&blocks))
         };
-        let sampled = fisher_of(FisherKind::Sampled { samples: 4000 });
+        let sampled = fisher_of(FisherKind::Sampled {
+            samples: 16_000 / m,
+        });
         let empirical = fisher_of(FisherKind::Empirical);
         let err = frob_rel(&sampled, &exact);
         let emp_err = frob_rel(&empirical, &exact);
-        println!("{name}: sampled rel err {err:.4}, empirical rel err {emp_err:.4}");
+        println!(
+            "{name} {curvature_batch:?}: sampled rel err {err:.4}, empirical rel err {emp_err:.4}"
+        );
         assert!(
             err <= 0.05,
             "{name}: sampled Fisher rel Frobenius error {err:.4} > 0.05"
@@ -86,5 +111,12 @@ fn sampled_fisher_expectation_matches_exact_fisher() {
             emp_err > 0.2,
             "{name}: empirical Fisher too close to exact ({emp_err:.4})"
         );
+        if m < n {
+            let whole_err = frob_rel(&sampled, &exact_whole);
+            assert!(
+                whole_err > 0.2,
+                "{name}: curvature-batch Fisher too close to the whole batch's ({whole_err:.4})"
+            );
+        }
     }
 }

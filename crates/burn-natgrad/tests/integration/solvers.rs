@@ -11,9 +11,16 @@ use burn_natgrad::{FisherKind, NaturalGradientConfig, NaturalGradientOutput, Sol
 
 const DAMPING: f64 = 0.05;
 
-fn captured(fisher: FisherKind, device: &burn::tensor::Device) -> (Mlp, NaturalGradientOutput) {
+fn captured(
+    fisher: FisherKind,
+    curvature_batch: Option<usize>,
+    device: &burn::tensor::Device,
+) -> (Mlp, NaturalGradientOutput) {
     let model = Mlp::new(&[4, 6, 3], true, 21, device);
-    let ng = NaturalGradientConfig::new().with_fisher(fisher).build();
+    let ng = NaturalGradientConfig::new()
+        .with_fisher(fisher)
+        .with_curvature_batch(curvature_batch)
+        .build();
     let _rng = rng_lock();
     device.seed(7);
     let (mut cap, x) = ng.capture(tensor(4, [8, 4], 1.0, device));
@@ -41,8 +48,12 @@ fn dense_direction(blocks: &[&Block], g: Vec<f64>) -> Vec<f64> {
 }
 
 fn check(fisher: FisherKind, block_diagonal: bool) {
+    check_curvature(fisher, block_diagonal, None);
+}
+
+fn check_curvature(fisher: FisherKind, block_diagonal: bool, curvature_batch: Option<usize>) {
     for (name, device) in backends() {
-        let (model, out) = captured(fisher, &device);
+        let (model, out) = captured(fisher, curvature_batch, &device);
         let factors = Factors::from_grads(&model, &out.grads).unwrap();
         let groups = if block_diagonal {
             factors.by_group()
@@ -85,7 +96,8 @@ fn check(fisher: FisherKind, block_diagonal: bool) {
             let err = rel_err(&got, &expected);
             assert!(
                 err <= 1e-4,
-                "{name} {fisher:?} {solver:?} block_diagonal={block_diagonal}: rel err {err:e}"
+                "{name} {fisher:?} {solver:?} block_diagonal={block_diagonal} \
+                 curvature_batch={curvature_batch:?}: rel err {err:e}"
             );
             // dᵀFd from the solver matches the dense quadratic form.
             assert!(pre.quadratic.is_finite() && pre.quadratic > 0.0);
@@ -103,6 +115,16 @@ fn solvers_match_dense_sampled() {
     check(FisherKind::Sampled { samples: 2 }, false);
 }
 
+/// A curvature batch of 3 of the 8 examples: the Fisher rows are the first 3 data rows
+/// (empirical; their input a prefix of the data's) or 3·k sampled rows.
+#[test]
+fn solvers_match_dense_curvature_batch() {
+    for block_diagonal in [false, true] {
+        check_curvature(FisherKind::Empirical, block_diagonal, Some(3));
+        check_curvature(FisherKind::Sampled { samples: 2 }, block_diagonal, Some(3));
+    }
+}
+
 #[test]
 fn solvers_match_dense_block_diagonal() {
     check(FisherKind::Empirical, true);
@@ -113,7 +135,7 @@ fn solvers_match_dense_block_diagonal() {
 fn damping_dominated_direction_is_scaled_gradient() {
     // With λ ≫ ‖F‖ the natural gradient tends to g / λ: a sanity check on the scale.
     for (name, device) in backends() {
-        let (model, out) = captured(FisherKind::Empirical, &device);
+        let (model, out) = captured(FisherKind::Empirical, None, &device);
         let ng = NaturalGradientConfig::new().with_damping(1e4).build();
         let dirs = ng
             .precondition(&model, 1.0, &out.grads)
@@ -138,9 +160,10 @@ fn damping_dominated_direction_is_scaled_gradient() {
 fn fused_weight_and_bias_gram_is_the_sum_of_the_blocks_in_any_order() {
     // `gram_and_implicit_projection` computes a Linear's weight and bias together; in block
     // order, reversed (bias before weight), and block by block it must agree.
-    for fisher in [FisherKind::Empirical, FisherKind::Sampled { samples: 2 }] {
+    let kinds = [FisherKind::Empirical, FisherKind::Sampled { samples: 2 }];
+    for (fisher, curvature) in kinds.into_iter().flat_map(|f| [(f, None), (f, Some(3))]) {
         for (name, device) in backends() {
-            let (model, out) = captured(fisher, &device);
+            let (model, out) = captured(fisher, curvature, &device);
             let factors = Factors::from_grads(&model, &out.grads).unwrap();
             let forward: Vec<&Block> = factors.blocks.iter().collect();
             let reversed: Vec<&Block> = factors.blocks.iter().rev().collect();
@@ -157,7 +180,7 @@ fn fused_weight_and_bias_gram_is_the_sum_of_the_blocks_in_any_order() {
                 let eb = rel_err(&got.1, &b);
                 assert!(
                     ek <= 1e-5 && eb <= 1e-5,
-                    "{name} {fisher:?} {what}: K {ek:e}, b {eb:e}"
+                    "{name} {fisher:?} {curvature:?} {what}: K {ek:e}, b {eb:e}"
                 );
             }
         }
