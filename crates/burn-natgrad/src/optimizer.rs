@@ -290,7 +290,9 @@ impl NaturalGradient {
     /// Starts a captured training step: returns an enabled [`Capture`] and the input to run the
     /// forward pass on. For the empirical Fisher it is the batch itself. For the sampled Fisher
     /// with `k` samples it is the batch followed by `k` copies of its first `m` examples (the
-    /// curvature batch, all of it by default), stacked along dimension 0: `N + k·m` rows.
+    /// curvature batch, all of it by default), stacked along dimension 0: `N + k·m` rows. With
+    /// whole copies (`m = N`) the capture computes a layer whose input carries no gradient (the
+    /// first) once for all copies; with `m < N` every layer runs on all `N + k·m` rows.
     pub fn capture<const D: usize>(&self, input: Tensor<D>) -> (Capture, Tensor<D>) {
         let FisherKind::Sampled { samples } = self.config.fisher else {
             return (Capture::new(), input);

@@ -2,7 +2,6 @@
 //! whole batch and on a curvature batch.
 
 use crate::common::*;
-use burn::module::Module;
 use burn_natgrad::{FisherKind, NaturalGradientConfig, SolverKind};
 
 fn directions(
@@ -22,17 +21,7 @@ fn directions(
     let (mut cap, x) = ng.capture(tensor(51, [16, 6], 1.0, device));
     let logits = model.logits2(x, &mut cap);
     let out = ng.classification(&model, cap, logits, labels(52, 16, 4, device));
-    let dirs = ng
-        .precondition(&model, 0.1, &out.grads)
-        .unwrap()
-        .directions
-        .unwrap();
-    let mut v = Vec::new();
-    model.visit(&mut Gather {
-        grads: &dirs,
-        out: &mut v,
-    });
-    v
+    directions_of(&ng, &model, 0.1, &out.grads)
 }
 
 #[test]

@@ -6,7 +6,6 @@
 //! the dense solve is in `solvers.rs`.
 
 use crate::common::*;
-use burn::module::Module;
 use burn::tensor::{Int, Tensor};
 use burn_natgrad::factors::{Block, Factors};
 use burn_natgrad::fisher::dense_fisher;
@@ -150,17 +149,7 @@ fn curvature_batch_covering_the_batch_changes_nothing() {
                     device.seed(9);
                     probe(&ng, &model, &x, &y)
                 };
-                let dirs = ng
-                    .precondition(&model, 1.0, &out.grads)
-                    .unwrap()
-                    .directions
-                    .unwrap();
-                let mut got = Vec::new();
-                model.visit(&mut Gather {
-                    grads: &dirs,
-                    out: &mut got,
-                });
-                got
+                directions_of(&ng, &model, 1.0, &out.grads)
             };
             let none = direction(None);
             assert_eq!(direction(Some(N)), none, "{name} {fisher:?}");

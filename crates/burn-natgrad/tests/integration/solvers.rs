@@ -3,7 +3,6 @@
 //! coupled and block-diagonal, on every backend.
 
 use crate::common::*;
-use burn::module::Module;
 use burn_natgrad::factors::{Block, Factors};
 use burn_natgrad::fisher::{dense_rows, gram_and_implicit_projection};
 use burn_natgrad::solver::cholesky_solve;
@@ -88,11 +87,7 @@ fn check_curvature(fisher: FisherKind, block_diagonal: bool, curvature_batch: Op
                 .build();
             let pre = ng.precondition(&model, 1.0, &out.grads).unwrap();
             let dirs = pre.directions.expect("finite step");
-            let mut got = Vec::new();
-            model.visit(&mut Gather {
-                grads: &dirs,
-                out: &mut got,
-            });
+            let got = gathered(&model, &dirs);
             let err = rel_err(&got, &expected);
             assert!(
                 err <= 1e-4,
@@ -137,16 +132,7 @@ fn damping_dominated_direction_is_scaled_gradient() {
     for (name, device) in backends() {
         let (model, out) = captured(FisherKind::Empirical, None, &device);
         let ng = NaturalGradientConfig::new().with_damping(1e4).build();
-        let dirs = ng
-            .precondition(&model, 1.0, &out.grads)
-            .unwrap()
-            .directions
-            .unwrap();
-        let mut got = Vec::new();
-        model.visit(&mut Gather {
-            grads: &dirs,
-            out: &mut got,
-        });
+        let got = directions_of(&ng, &model, 1.0, &out.grads);
         let factors = Factors::from_grads(&model, &out.grads).unwrap();
         let grad: Vec<f64> = (0..factors.blocks.len())
             .flat_map(|i| host(factors.gradient(i)))

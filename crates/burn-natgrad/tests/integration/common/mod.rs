@@ -5,7 +5,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use burn_natgrad::Capture;
+use burn_natgrad::{Capture, NaturalGradient};
 
 /// The autodiff devices of every backend compiled in (cargo features `ndarray`, `flex`, `wgpu`).
 /// A wgpu build on a machine without an adapter prints why it is left out, and fails instead
@@ -174,6 +174,32 @@ impl burn::module::ModuleVisitor for Gather<'_> {
             .expect("a tensor for every parameter");
         self.out.extend(host(t));
     }
+}
+
+/// The tensors `grads` holds for `model`'s parameters, in module order (host, f64).
+pub fn gathered(model: &Mlp, grads: &burn::optim::GradientsParams) -> Vec<f64> {
+    let mut out = Vec::new();
+    model.visit(&mut Gather {
+        grads,
+        out: &mut out,
+    });
+    out
+}
+
+/// `ng`'s natural-gradient directions for `grads` at learning rate `lr`, in module order (host,
+/// f64). Panics if the step is refused or skipped.
+pub fn directions_of(
+    ng: &NaturalGradient,
+    model: &Mlp,
+    lr: f64,
+    grads: &burn::optim::GradientsParams,
+) -> Vec<f64> {
+    let dirs = ng
+        .precondition(model, lr, grads)
+        .unwrap()
+        .directions
+        .expect("a finite step");
+    gathered(model, &dirs)
 }
 
 /// Host copy of a tensor as f64.
