@@ -13,7 +13,7 @@ use burn::tensor::Gradients;
 use burn::tensor::Tensor;
 
 use crate::error::NatGradError;
-use crate::factors::{expand_rows, slice_periodic, BlockFactors};
+use crate::factors::{expand_rows, BlockFactors};
 
 /// One use of a Linear layer recorded by [`Capture::linear`].
 #[derive(Clone, Debug)]
@@ -82,16 +82,6 @@ impl LinearFactors {
     fn bias_rows(&self) -> Tensor<2> {
         let [n, _, out] = self.output_grad.dims();
         self.output_grad.clone().sum_dim(1).reshape([n, out])
-    }
-
-    /// Keeps examples `start..end` (e.g. the data copy of a stacked batch).
-    pub fn slice_examples(&self, start: usize, end: usize) -> Self {
-        let rows = self.output_grad.dims()[0];
-        Self {
-            input: slice_periodic(&self.input, rows, start, end),
-            output_grad: self.output_grad.clone().slice(start..end),
-            ..self.clone()
-        }
     }
 
     /// The layer inputs with one row per example, `[N, T, in]` (`input` repeated when `P < N`).

@@ -31,9 +31,9 @@ const TAG_DATA_BIAS: u64 = 0x6e67_5f64_6269_6173; // "ng_dbias"
 const TAG_DATA_ROWS: u64 = 0x6e67_5f64_726f_7773; // "ng_drows"
 const TAG_DATA_SHARED_INPUT: u64 = 0x6e67_5f64_7368_6172; // "ng_dshar"
 
-/// `input` (`[P, T, d]`, `P` dividing `rows`) with one row per example: row `m` is `input[m mod
+/// `input` (`[P, …]`, `P` dividing `rows`) with one row per example: row `m` is `input[m mod
 /// P]`.
-pub(crate) fn expand_rows(input: &Tensor<3>, rows: usize) -> Tensor<3> {
+pub(crate) fn expand_rows<const D: usize>(input: &Tensor<D>, rows: usize) -> Tensor<D> {
     let p = input.dims()[0];
     if p == rows {
         input.clone()
@@ -141,29 +141,30 @@ fn flatten(
     )
 }
 
-/// `Σ_m input[m mod P]ᵀ weighted[m]` (`[in, out]`) for `weighted` `[M, T, out]`: the rows that
-/// share an input row are summed first, so the product is one `[in, P·T] × [P·T, out]` matmul.
-fn weight_back(
-    input: &Tensor<3>,
-    weighted: Tensor<3>,
-    m: usize,
-    t: usize,
-    d_out: usize,
-) -> Tensor<2> {
-    let [p, _, d_in] = input.dims();
-    let folded = if m > p {
+/// `weighted` (`[M, T, out]`) summed over the rows that share an input row of a period-`P`
+/// input (rows `i`, `i + P`, …): `[P, T, out]`.
+fn fold_rows(weighted: Tensor<3>, p: usize) -> Tensor<3> {
+    let [m, t, d_out] = weighted.dims();
+    if m > p {
         weighted
             .reshape([m / p, p * t * d_out])
             .sum_dim(0)
-            .reshape([p * t, d_out])
+            .reshape([p, t, d_out])
     } else {
-        weighted.reshape([p * t, d_out])
-    };
+        weighted
+    }
+}
+
+/// `Σ_m input[m mod P]ᵀ weighted[m]` (`[in, out]`) for `weighted` `[M, T, out]`: the rows that
+/// share an input row are summed first, so the product is one `[in, P·T] × [P·T, out]` matmul.
+fn weight_back(input: &Tensor<3>, weighted: Tensor<3>) -> Tensor<2> {
+    let [p, t, d_in] = input.dims();
+    let d_out = weighted.dims()[2];
     input
         .clone()
         .reshape([p * t, d_in])
         .transpose()
-        .matmul(folded)
+        .matmul(fold_rows(weighted, p).reshape([p * t, d_out]))
 }
 
 /// `X Xᵀ` for `X` `[R, d]`. (Computing it by halves, `X₁X₁ᵀ`, `X₂X₁ᵀ`, `X₂X₂ᵀ`, saves a
@@ -256,10 +257,8 @@ impl BlockFactors {
     pub fn project(&self, v: &Tensor<2>) -> Tensor<2> {
         match self {
             BlockFactors::Weight { input, output_grad } => {
-                let (p, m, t, x, g) = flatten(input, output_grad);
-                let xv = x.matmul(v.clone());
-                let xv = if m > p { xv.repeat_dim(0, m / p) } else { xv };
-                let per_row = (xv * g).sum_dim(1);
+                let (_, m, t, x, g) = flatten(input, output_grad);
+                let per_row = (expand_rows(&x.matmul(v.clone()), m * t) * g).sum_dim(1);
                 if t == 1 {
                     per_row
                 } else {
@@ -276,9 +275,11 @@ impl BlockFactors {
     pub fn back(&self, alpha: &Tensor<2>) -> Tensor<2> {
         match self {
             BlockFactors::Weight { input, output_grad } => {
-                let [m, t, d_out] = output_grad.dims();
-                let weighted = output_grad.clone() * alpha.clone().reshape([m, 1, 1]);
-                weight_back(input, weighted, m, t, d_out)
+                let m = output_grad.dims()[0];
+                weight_back(
+                    input,
+                    output_grad.clone() * alpha.clone().reshape([m, 1, 1]),
+                )
             }
             BlockFactors::Bias { output_grad: rows } | BlockFactors::Dense { rows } => {
                 alpha.clone().transpose().matmul(rows.clone())
@@ -360,8 +361,8 @@ pub struct DataRows {
 }
 
 impl DataRows {
-    /// Registers the data rows of parameter `id` in `grads` under derived ids (a shared input
-    /// is registered once, with the Fisher rows).
+    /// Registers the data rows of parameter `id` in `grads` under derived ids (a weight's input
+    /// under a tag of its own when the Fisher rows' input is a prefix of it).
     pub(crate) fn register(&self, id: ParamId, grads: &mut GradientsParams) {
         match &self.factors {
             BlockFactors::Weight { input, output_grad } => {
@@ -512,23 +513,15 @@ impl Block {
                 else {
                     unreachable!("Factors::from_grads pairs data rows of the same kind")
                 };
-                let (pd, n, _, xd, gd) = flatten(d_input, d_grad);
+                let (_, n, _, _, gd) = flatten(d_input, d_grad);
                 let xc = if let Some(cross) = prefix_cross {
-                    if m > p {
-                        cross.repeat_dim(0, m / p)
-                    } else {
-                        cross
-                    }
+                    expand_rows(&cross, m * t)
                 } else if data.shares_input {
                     tiled(xx, p, m, n)
                 } else {
                     let d_in = x.dims()[1];
                     let x = expand_rows(input, m).reshape([m * t, d_in]);
-                    let xd = if n > pd {
-                        expand_rows(d_input, n).reshape([n * t, d_in])
-                    } else {
-                        xd
-                    };
+                    let xd = expand_rows(d_input, n).reshape([n * t, d_in]);
                     plus(x.matmul(xd.transpose()))
                 };
                 sum_over_t(xc * g.matmul(gd.transpose()), m, n, t).sum_dim(1)
@@ -551,34 +544,25 @@ impl Block {
                         output_grad: d_grad,
                     },
                 ) if data.shares_input => {
-                    let [m, t, d_out] = output_grad.dims();
-                    let [n, _, _] = d_grad.dims();
+                    let m = output_grad.dims()[0];
+                    let n = d_grad.dims()[0];
                     let p = input.dims()[0];
                     let weighted_data = d_grad.clone() * a.clone().reshape([n, 1, 1]);
-                    let weighted_fisher = output_grad.clone() * f.clone().reshape([m, 1, 1]);
-                    if p == n {
-                        // The data rows are one more copy sharing the input: stack them first.
-                        let weighted = Tensor::cat(vec![weighted_data, weighted_fisher], 0);
-                        return weight_back(input, weighted, m + n, t, d_out);
-                    }
-                    // The Fisher rows use the first `P` data inputs: fold them onto those
-                    // `P` rows, add them to the data's, and multiply once by `X_dᵀ`.
-                    let folded = if m > p {
-                        weighted_fisher
-                            .reshape([m / p, p * t * d_out])
-                            .sum_dim(0)
-                            .reshape([p, t, d_out])
+                    // The Fisher rows use the first `P` data inputs: fold them onto those `P`
+                    // rows, add them to the data's, and multiply once by `X_dᵀ`.
+                    let folded = fold_rows(output_grad.clone() * f.clone().reshape([m, 1, 1]), p);
+                    let weighted = if p == n {
+                        weighted_data + folded
                     } else {
-                        weighted_fisher
+                        Tensor::cat(
+                            vec![
+                                weighted_data.clone().slice(0..p) + folded,
+                                weighted_data.slice(p..n),
+                            ],
+                            0,
+                        )
                     };
-                    let weighted = Tensor::cat(
-                        vec![
-                            weighted_data.clone().slice(0..p) + folded,
-                            weighted_data.slice(p..n),
-                        ],
-                        0,
-                    );
-                    weight_back(d_input, weighted, n, t, d_out)
+                    weight_back(d_input, weighted)
                 }
                 _ => data.factors.back(a) + self.factors.back(f),
             },
@@ -592,7 +576,8 @@ pub struct Factors {
     /// One block per trainable parameter tensor.
     pub blocks: Vec<Block>,
     /// The gradient, when left implicit, is `g = U_dᵀ (w·1)` with the scalar `w` (`[1]`): `U_d`
-    /// are the data rows, which for the empirical Fisher are the Fisher rows `U` themselves.
+    /// are the data rows, which for the empirical Fisher on the whole batch are the Fisher rows
+    /// `U` themselves.
     /// Then `U g = K (w·1)` (or the cross Gram `U U_dᵀ (w·1)`) and `(F + λI)⁻¹ g = (U_dᵀ (w·1) −
     /// Uᵀβ) / λ`, which spares the gradient's product per layer (autodiff never computed the
     /// weight gradients at all).

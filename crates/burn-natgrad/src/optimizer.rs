@@ -242,10 +242,10 @@ pub struct NaturalGradientOutput {
     pub loss: Tensor<1>,
     /// Logits of the batch (the data copy), `[N, C]` (not tracked by autodiff).
     pub logits: Tensor<2>,
-    /// The Fisher factors under derived ids, with the gradients of uncaptured parameters (none,
-    /// unless the model has some) and of captured ones: explicit for the sampled Fisher,
-    /// implicit (`g = Uᵀ w`, see [`Factors::gradient`]) for the empirical one. Pass it
-    /// unchanged to [`NaturalGradient::step`] or [`NaturalGradient::precondition`].
+    /// The Fisher factors under derived ids, and the gradients: those of captured parameters
+    /// implicit (`g = U_dᵀ (w·1)` over the data rows, see [`Factors::gradient`]), those of
+    /// uncaptured ones (none, unless the model has some) explicit. Pass it unchanged to
+    /// [`NaturalGradient::step`] or [`NaturalGradient::precondition`].
     pub grads: GradientsParams,
 }
 
@@ -299,18 +299,15 @@ impl NaturalGradient {
         };
         let n = input.dims()[0];
         let m = self.curvature_rows(n);
-        if m == n {
+        let (capture, curvature) = if m == n {
             // Whole copies: the capture computes a layer that sees only data once for all.
-            let copies = samples + 1;
-            return (
-                Capture::with_copies(copies),
-                Tensor::cat(vec![input; copies], 0),
-            );
-        }
-        let curvature = input.clone().narrow(0, 0, m);
+            (Capture::with_copies(samples + 1), input.clone())
+        } else {
+            (Capture::new(), input.clone().narrow(0, 0, m))
+        };
         let mut parts = vec![input];
         parts.extend(std::iter::repeat_n(curvature, samples));
-        (Capture::new(), Tensor::cat(parts, 0))
+        (capture, Tensor::cat(parts, 0))
     }
 
     /// Finishes a captured step of a softmax classifier: cross-entropy on the data labels (and

@@ -66,7 +66,10 @@ const TINY: f64 = 1e-30;
 pub enum Gradient {
     /// Explicit gradients, one per block, in each block's matrix view.
     Explicit(Vec<Tensor<2>>),
-    /// `g = Uᵀ (w·1)` with the scalar `w` (`[1]`): the empirical Fisher's gradient.
+    /// `g = U_dᵀ (w·1)` with the scalar `w` (`[1]`) over each block's data rows (its Fisher rows
+    /// when it has none): the gradient of a captured step (see [`Factors::gradient_weight`]).
+    ///
+    /// [`Factors::gradient_weight`]: crate::factors::Factors::gradient_weight
     Implicit(Tensor<1>),
 }
 

@@ -6,7 +6,7 @@
 //! the dense solve is in `solvers.rs`.
 
 use crate::common::*;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 use burn_natgrad::factors::{Block, Factors};
 use burn_natgrad::fisher::dense_fisher;
 use burn_natgrad::{
@@ -16,6 +16,15 @@ use burn_natgrad::{
 
 const N: usize = 8;
 const M: usize = 3;
+
+/// A 4-6-3 MLP with bias, a batch of `N` inputs and their labels, all seeded from `seed`.
+fn problem(seed: u64, device: &Device) -> (Mlp, Tensor<2>, Tensor<1, Int>) {
+    (
+        Mlp::new(&[4, 6, 3], true, seed, device),
+        tensor(seed + 2, [N, 4], 1.0, device),
+        labels(seed + 6, N, 3, device),
+    )
+}
 
 fn probe(
     ng: &NaturalGradient,
@@ -54,9 +63,7 @@ fn fisher_and_gradient(model: &Mlp, out: &NaturalGradientOutput) -> (Vec<f64>, V
 #[test]
 fn empirical_curvature_batch_fisher_is_the_first_examples_and_gradient_the_whole_batch() {
     for (name, device) in backends() {
-        let model = Mlp::new(&[4, 6, 3], true, 41, &device);
-        let x = tensor(43, [N, 4], 1.0, &device);
-        let y = labels(47, N, 3, &device);
+        let (model, x, y) = problem(41, &device);
         let whole = NaturalGradientConfig::new().build();
         let curv = NaturalGradientConfig::new()
             .with_curvature_batch(Some(M))
@@ -97,9 +104,7 @@ fn empirical_curvature_batch_fisher_is_the_first_examples_and_gradient_the_whole
 fn sampled_curvature_batch_draws_labels_for_the_first_examples_only() {
     let k = 2;
     for (name, device) in backends() {
-        let model = Mlp::new(&[4, 6, 3], true, 51, &device);
-        let x = tensor(53, [N, 4], 1.0, &device);
-        let y = labels(57, N, 3, &device);
+        let (model, x, y) = problem(51, &device);
         let ng = NaturalGradientConfig::new()
             .with_fisher(FisherKind::Sampled { samples: k })
             .with_curvature_batch(Some(M))
@@ -135,9 +140,7 @@ fn sampled_curvature_batch_draws_labels_for_the_first_examples_only() {
 #[test]
 fn curvature_batch_covering_the_batch_changes_nothing() {
     for (name, device) in backends() {
-        let model = Mlp::new(&[4, 6, 3], true, 61, &device);
-        let x = tensor(63, [N, 4], 1.0, &device);
-        let y = labels(67, N, 3, &device);
+        let (model, x, y) = problem(61, &device);
         for fisher in [FisherKind::Empirical, FisherKind::Sampled { samples: 1 }] {
             let direction = |curvature: Option<usize>| {
                 let ng = NaturalGradientConfig::new()
