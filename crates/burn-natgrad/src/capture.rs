@@ -15,6 +15,13 @@ use burn::tensor::Tensor;
 use crate::error::NatGradError;
 use crate::factors::{expand_rows, BlockFactors};
 
+/// `param` as a constant of the graph: cut from it and not requiring a gradient, so that the
+/// backward pass computes none for it. (`Tensor::detach` alone keeps `require_grad`, and autodiff
+/// would still compute, then drop, the weight gradient: the product `Xᵀ Δ`.)
+fn constant<const D: usize>(param: Tensor<D>) -> Tensor<D> {
+    param.detach().set_require_grad(false)
+}
+
 /// One use of a Linear layer recorded by [`Capture::linear`].
 #[derive(Clone, Debug)]
 struct Record {
@@ -184,7 +191,7 @@ impl Capture {
     }
 
     /// `layer.forward(input)`, recording the layer input and adding a zero probe leaf to its
-    /// output. The layer's parameters enter the graph detached: the backward pass computes no
+    /// output. The layer's parameters enter the graph as constants: the backward pass computes no
     /// gradient for them (their gradients come from the factors, see
     /// [`LinearFactors::weight_grad`]). A frozen layer (weight without `require_grad`) is not
     /// recorded. `input` is `[N, in]` or `[N, …, in]`: dimension 0 indexes the examples, the
@@ -240,12 +247,12 @@ impl Capture {
             input
         };
         let rows = input.dims()[0];
-        // The parameters enter detached: autodiff then skips the weight-gradient matmuls, which
-        // the factors replace (the minibatch gradient is `Σᵢ xᵢᵀΔᵢ`).
+        // The parameters enter as constants: autodiff then skips the weight-gradient matmuls,
+        // which the factors replace (the minibatch gradient is `Σᵢ xᵢᵀΔᵢ`).
         let output = burn::tensor::module::linear(
             input.clone(),
-            layer.weight.val().detach(),
-            layer.bias.as_ref().map(|b| b.val().detach()),
+            constant(layer.weight.val()),
+            layer.bias.as_ref().map(|b| constant(b.val())),
         );
         let output = if shared {
             output.repeat_dim(0, self.copies)
@@ -309,5 +316,49 @@ impl Capture {
             }
         }
         Ok(layers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::LinearConfig;
+    use burn::optim::GradientsParams;
+    use burn::tensor::{Device, Distribution};
+
+    // One push per compiled CPU backend.
+    #[allow(clippy::vec_init_then_push)]
+    fn devices() -> Vec<Device> {
+        #[allow(unused_mut)]
+        let mut out = Vec::new();
+        #[cfg(feature = "ndarray")]
+        #[allow(deprecated)]
+        out.push(Device::ndarray().autodiff());
+        #[cfg(feature = "flex")]
+        out.push(Device::flex().autodiff());
+        out
+    }
+
+    /// The captured layer's parameters are graph constants: `detach` alone would keep
+    /// `require_grad`, and the backward pass would then compute each weight gradient `Xᵀ Δ` for
+    /// nothing (it is what made the captured backward cost as much as a full one).
+    #[test]
+    fn parameters_enter_as_constants() {
+        for device in devices() {
+            let layer = LinearConfig::new(5, 3).init(&device);
+            assert!(layer.weight.val().is_require_grad());
+            assert!(layer.weight.val().detach().is_require_grad());
+            let weight = constant(layer.weight.val());
+            assert!(!weight.is_require_grad() && !weight.is_tracked());
+
+            let x = Tensor::<2>::random([4, 5], Distribution::Default, &device);
+            let mut capture = Capture::new();
+            let out = capture.linear(&layer, x);
+            let grads = out.square().sum().backward();
+            let factors = capture.into_factors(&grads).expect("factors");
+            assert_eq!(factors[0].output_grad.dims(), [4, 1, 3]);
+            // Only the probe carries a gradient; the parameters get theirs from the factors.
+            assert!(GradientsParams::from_grads(grads, &layer).is_empty());
+        }
     }
 }

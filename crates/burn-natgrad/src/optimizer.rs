@@ -367,7 +367,7 @@ impl NaturalGradient {
         // Fisher rows. Empirical with a curvature batch: the Fisher rows are the first m data
         // rows. Sampled: the data rows come first, then the Fisher's.
         let scale = fisher_scale(kind, n, m).sqrt();
-        let w = Tensor::<1>::from_floats([1.0 / scale as f32], &logits.device());
+        let w = Tensor::<1>::from_floats([1.0 / scale as f32], &logits.clone().inner().device());
         grads.register(gradient_weight_id(), w);
         for layer in &layers {
             for (id, block) in layer.blocks() {
