@@ -196,6 +196,35 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+const USAGE: &str = "usage: bench [--quick] [--wgpu] [--methods a,b,...]
+  --quick        MLP-128 at batch 128 only
+  --wgpu         add the wgpu backend (needs the `wgpu` feature)
+  --methods a,b  only these methods (and SGD, the reference)";
+
+/// Exits with the usage on `--help`, and with an error on anything it does not know.
+fn check_args(args: &[String]) {
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--wgpu" if !cfg!(feature = "wgpu") => {
+                eprintln!("error: --wgpu needs the `wgpu` feature (`--features flex,wgpu`)");
+                std::process::exit(2);
+            }
+            "--quick" | "--wgpu" => {}
+            "--methods" if i + 1 < args.len() => i += 1,
+            "-h" | "--help" => {
+                println!("{USAGE}\nmethods: {}", METHODS.join(", "));
+                std::process::exit(0);
+            }
+            other => {
+                eprintln!("error: unexpected argument `{other}`\n{USAGE}");
+                std::process::exit(2);
+            }
+        }
+        i += 1;
+    }
+}
+
 // One push per compiled backend.
 #[allow(clippy::vec_init_then_push)]
 fn main() {
@@ -211,6 +240,7 @@ fn main() {
         );
         return;
     }
+    check_args(&args[1..]);
     let mut backends: Vec<&str> = Vec::new();
     #[cfg(feature = "ndarray")]
     backends.push("ndarray");

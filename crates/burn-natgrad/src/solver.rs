@@ -257,20 +257,24 @@ pub fn gram_direct(k: &Tensor<2>, b: &Tensor<2>, damping: f64) -> Tensor<2> {
     Tensor::from_data(TensorData::new(beta, [m, 1]), &device)
 }
 
-/// `Σ a[i] b[i]` with four independent accumulators, so that the loop vectorises.
+/// `Σ a[i] b[i]` with eight independent accumulators over exact chunks (no bounds checks in the
+/// loop), so that it vectorises.
 fn dot_f64(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 4];
-    let chunks = a.len() / 4;
-    for c in 0..chunks {
-        for (k, slot) in acc.iter_mut().enumerate() {
-            *slot += a[4 * c + k] * b[4 * c + k];
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0.0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
         }
     }
-    let mut tail = 0.0;
-    for i in 4 * chunks..a.len() {
-        tail += a[i] * b[i];
-    }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
 }
 
 /// Block size of the host Cholesky: diagonal blocks and panels are factorised by dot products,
