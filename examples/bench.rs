@@ -230,6 +230,13 @@ fn check_args(args: &[String]) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child") {
+        if args.len() != 7 || !METHODS.contains(&args[5].as_str()) {
+            eprintln!(
+                "error: --child BACKEND MODEL BATCH METHOD STEPS; methods: {}",
+                METHODS.join(", ")
+            );
+            std::process::exit(2);
+        }
         let steps = args[6].parse().expect("steps");
         child(
             &args[2],

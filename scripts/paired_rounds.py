@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""Paired step-time ratios of benchmark methods, robust to a noisy machine.
+
+Runs `bench --child` for each method in turn, `ROUNDS` times over (a fresh process each), and
+reports each method's median step time and the median over rounds of its ratio to the first
+method measured in the same round. A slow spell then falls on both sides of a ratio.
+
+    cargo build --release --features flex --example bench
+    scripts/paired_rounds.py target/release/examples/bench flex mlp-128 128 12 100 \
+        sgd ngd-empirical-gram ngd-empirical-gram-cb32
+
+Arguments: bench binary, backend, model, batch, rounds, steps per process, then the methods
+(the first is the reference; `bench --help` lists them).
+"""
+import statistics
+import subprocess
+import sys
+
+
+def main() -> None:
+    if len(sys.argv) < 9:
+        sys.exit(__doc__)
+    binary, backend, model, batch, rounds, steps = sys.argv[1:7]
+    methods = sys.argv[7:]
+    medians = {m: [] for m in methods}
+    for _ in range(int(rounds)):
+        for m in methods:
+            run = subprocess.run(
+                [binary, "--child", backend, model, batch, m, steps],
+                capture_output=True, text=True, check=False,
+            )
+            fields = run.stdout.split()
+            if run.returncode != 0 or len(fields) < 2:
+                sys.exit(f"error: `{m}` failed: {run.stderr.strip()}")
+            medians[m].append(statistics.median(float(x) for x in fields[1:]))
+    ref = methods[0]
+    print(f"{backend} {model} batch {batch}, {rounds} rounds x {steps} steps, ratios to {ref}")
+    for m in methods:
+        ratios = [a / s for a, s in zip(medians[m], medians[ref])]
+        print(
+            f"  {m:26s} median {statistics.median(medians[m]):7.3f} ms  "
+            f"paired ratio median {statistics.median(ratios):.2f}x  "
+            f"range {min(ratios):.2f}-{max(ratios):.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
