@@ -137,9 +137,23 @@ impl LinearFactors {
 pub struct Capture {
     records: Vec<Record>,
     enabled: bool,
-    /// How many stacked copies of the batch the forward pass carries (the sampled Fisher's
-    /// `k + 1`; 1 otherwise).
-    copies: usize,
+    /// How the forward pass's rows are stacked (the sampled Fisher's), if they are.
+    stack: Option<Stack>,
+}
+
+/// The sampled Fisher's stacked batch: the `batch` examples, then `samples` copies of the first
+/// `curvature` of them (`curvature = batch`: whole copies).
+#[derive(Clone, Copy, Debug)]
+struct Stack {
+    batch: usize,
+    curvature: usize,
+    samples: usize,
+}
+
+impl Stack {
+    fn rows(&self) -> usize {
+        self.batch + self.samples * self.curvature
+    }
 }
 
 impl Default for Capture {
@@ -154,7 +168,7 @@ impl Capture {
         Self {
             records: Vec::new(),
             enabled: true,
-            copies: 1,
+            stack: None,
         }
     }
 
@@ -163,14 +177,19 @@ impl Capture {
         Self {
             records: Vec::new(),
             enabled: false,
-            copies: 1,
+            stack: None,
         }
     }
 
-    /// A capture for a forward pass on `copies` stacked copies of the batch.
-    pub(crate) fn with_copies(copies: usize) -> Self {
+    /// A capture for a forward pass on a batch of `batch` examples followed by `samples` copies
+    /// of its first `curvature` examples.
+    pub(crate) fn stacked(batch: usize, curvature: usize, samples: usize) -> Self {
         Self {
-            copies: copies.max(1),
+            stack: (samples > 0 && curvature > 0 && curvature <= batch).then_some(Stack {
+                batch,
+                curvature,
+                samples,
+            }),
             ..Self::new()
         }
     }
@@ -197,11 +216,13 @@ impl Capture {
     /// recorded. `input` is `[N, in]` or `[N, …, in]`: dimension 0 indexes the examples, the
     /// middle dimensions (a sequence) are summed over in the per-example gradient.
     ///
-    /// For the sampled Fisher the batch is stacked `k + 1` times ([`NaturalGradient::capture`]
-    /// makes such a capture): a layer whose input carries no gradient (it derives from the data
-    /// alone, e.g. the first layer) is then computed once, on the first copy, and its output
-    /// repeated, so every copy shares that forward pass. (If something random, such as dropout on
-    /// the raw input, made the copies' inputs differ, all copies use the first copy's.)
+    /// For the sampled Fisher the batch is followed by `k` copies of its first `m` examples
+    /// ([`NaturalGradient::capture`] makes such a capture): a layer whose input carries no
+    /// gradient (it derives from the data alone, e.g. the first layer) is then computed once, on
+    /// the batch, and the copies' rows of its output are copies of the batch's, so every copy
+    /// shares that forward pass. With whole copies (`m = N`) its factors also keep one input row
+    /// per example. (If something random, such as dropout on the raw input, made the copies'
+    /// inputs differ, all copies use the batch's.)
     ///
     /// # Panics
     /// If the capture is enabled and `input` has rank 1 (no example dimension), or is not on an
@@ -236,29 +257,35 @@ impl Capture {
             // A frozen layer has nothing to precondition.
             return layer.forward(input);
         }
-        // A layer whose input carries no gradient (it derives from the data alone) sees the same
-        // rows in every stacked copy of the batch: it is computed once, on the first copy, and
-        // repeated. This spares the sampled Fisher `k` copies of (typically) its widest matmul,
-        // and the factors keep one input row per example (`X Xᵀ` is then shared by the copies).
-        let shared = self.copies > 1 && n.is_multiple_of(self.copies) && !input.is_tracked();
-        let input = if shared {
-            input.narrow(0, 0, n / self.copies)
-        } else {
-            input
+        // A layer whose input carries no gradient (it derives from the data alone) sees in each
+        // stacked copy the rows of the batch it copies: it is computed once, on the batch, and
+        // the copies' output rows are copied. This spares the sampled Fisher `k` copies of
+        // (typically) its widest matmul. With whole copies the factors also keep one input row
+        // per example (`X Xᵀ` is then shared by the copies).
+        let shared = self.stack.filter(|s| s.rows() == n && !input.is_tracked());
+        let computed = match shared {
+            Some(s) => input.clone().narrow(0, 0, s.batch),
+            None => input.clone(),
         };
-        let rows = input.dims()[0];
         // The parameters enter as constants: autodiff then skips the weight-gradient matmuls,
         // which the factors replace (the minibatch gradient is `Σᵢ xᵢᵀΔᵢ`).
         let output = burn::tensor::module::linear(
-            input.clone(),
+            computed.clone(),
             constant(layer.weight.val()),
             layer.bias.as_ref().map(|b| constant(b.val())),
         );
-        let output = if shared {
-            output.repeat_dim(0, self.copies)
-        } else {
-            output
+        let (output, input) = match shared {
+            Some(s) if s.curvature == s.batch => (output.repeat_dim(0, s.samples + 1), computed),
+            Some(s) => {
+                let copies = output
+                    .clone()
+                    .narrow(0, 0, s.curvature)
+                    .repeat_dim(0, s.samples);
+                (Tensor::cat(vec![output, copies], 0), input)
+            }
+            None => (output, input),
         };
+        let rows = input.dims()[0];
         let d_out = output.dims()[D - 1];
         let probe = Tensor::<3>::zeros([n, t, d_out], &output.device()).require_grad();
         let shape = output.shape();

@@ -290,20 +290,20 @@ impl NaturalGradient {
     /// Starts a captured training step: returns an enabled [`Capture`] and the input to run the
     /// forward pass on. For the empirical Fisher it is the batch itself. For the sampled Fisher
     /// with `k` samples it is the batch followed by `k` copies of its first `m` examples (the
-    /// curvature batch, all of it by default), stacked along dimension 0: `N + k·m` rows. With
-    /// whole copies (`m = N`) the capture computes a layer whose input carries no gradient (the
-    /// first) once for all copies; with `m < N` every layer runs on all `N + k·m` rows.
+    /// curvature batch, all of it by default), stacked along dimension 0: `N + k·m` rows. The
+    /// capture computes a layer whose input carries no gradient (the first) on the `N` rows of
+    /// the batch only, and copies its output rows for the copies.
     pub fn capture<const D: usize>(&self, input: Tensor<D>) -> (Capture, Tensor<D>) {
         let FisherKind::Sampled { samples } = self.config.fisher else {
             return (Capture::new(), input);
         };
         let n = input.dims()[0];
         let m = self.curvature_rows(n);
-        let (capture, curvature) = if m == n {
-            // Whole copies: the capture computes a layer that sees only data once for all.
-            (Capture::with_copies(samples + 1), input.clone())
+        let capture = Capture::stacked(n, m, samples);
+        let curvature = if m == n {
+            input.clone()
         } else {
-            (Capture::new(), input.clone().narrow(0, 0, m))
+            input.clone().narrow(0, 0, m)
         };
         let mut parts = vec![input];
         parts.extend(std::iter::repeat_n(curvature, samples));

@@ -1,7 +1,8 @@
-//! The sampled Fisher stacks the batch `k + 1` times; a layer whose input carries no gradient
-//! (the first) is computed once for all copies, and its factors keep one input row per example.
-//! Oracles: the same step with nothing shared (a plain capture on the stacked input, same
-//! sampled labels), and autodiff's minibatch gradient on the data alone.
+//! The sampled Fisher stacks the batch and `k` copies of its first `m` examples; a layer whose
+//! input carries no gradient (the first) is computed once, on the batch, and with whole copies
+//! (`m = N`) its factors keep one input row per example. Oracles: the same step with nothing
+//! shared (a plain capture on the input stacked by hand, same sampled labels), and autodiff's
+//! minibatch gradient on the data alone.
 
 use crate::common::*;
 use burn::module::Module;
@@ -45,7 +46,10 @@ fn step<const D: usize>(
     let (mut cap, xs) = if shared {
         ng.capture(x.clone())
     } else {
-        (Capture::new(), Tensor::cat(vec![x.clone(); SAMPLES + 1], 0))
+        let m = ng.curvature_rows(x.dims()[0]);
+        let mut parts = vec![x.clone()];
+        parts.extend(std::iter::repeat_n(x.clone().narrow(0, 0, m), SAMPLES));
+        (Capture::new(), Tensor::cat(parts, 0))
     };
     let logits = forward(model, xs, &mut cap);
     let out = ng
@@ -84,12 +88,14 @@ fn input_rows(factors: &BlockFactors) -> usize {
     }
 }
 
-/// `layer0_alone`: layer 0 is used once, on the data (so its factors share the input).
+/// `layer0_alone`: layer 0 is used once, on the data (so its factors share the input when the
+/// copies are whole).
 fn check(
     forward: Forward,
     layer0_alone: bool,
     sizes: &[usize],
     solver: SolverKind,
+    curvature: Option<usize>,
     device: &Device,
     name: &str,
 ) {
@@ -98,6 +104,7 @@ fn check(
         .with_fisher(FisherKind::Sampled { samples: SAMPLES })
         .with_solver(solver)
         .with_damping(0.1)
+        .with_curvature_batch(curvature)
         .build();
     let x = tensor(3, [N, sizes[0]], 1.0, device);
     let y = labels(4, N, *sizes.last().unwrap(), device);
@@ -106,13 +113,18 @@ fn check(
 
     // Nothing is shared without `NaturalGradient::capture`; with it, exactly the first layer
     // of the plain MLP.
-    let m = N * SAMPLES;
+    let m = ng.curvature_rows(N) * SAMPLES;
     for b in &plain.blocks {
         let data = b.data.as_ref().expect("sampled blocks carry data rows");
         assert_eq!(b.factors.rows(), m, "{name} {}", b.path);
         assert!(!data.shares_input, "{name} {}", b.path);
     }
-    if layer0_alone {
+    if layer0_alone && curvature.is_some() {
+        // Copies of the first m examples only: layer 0 runs once, on the batch, but its factors
+        // keep every row (the Fisher's and the data's), as the unshared step's do.
+        assert_eq!(input_rows(&shared.blocks[0].factors), m, "{name}: layer 0");
+        assert!(!shared.blocks[0].data.as_ref().unwrap().shares_input);
+    } else if layer0_alone {
         assert_eq!(
             input_rows(&shared.blocks[0].factors),
             N,
@@ -161,15 +173,42 @@ fn check(
 fn shared_first_layer_matches_the_unshared_step() {
     for (name, device) in backends() {
         for solver in [SolverKind::Gram, SolverKind::CgSample, SolverKind::CgParam] {
-            check(mlp, true, &[6, 5, 4, 3], solver, &device, name);
+            check(mlp, true, &[6, 5, 4, 3], solver, None, &device, name);
         }
+    }
+}
+
+/// Copies of the first 3 of 8 examples: the first layer still runs once, on the batch.
+#[test]
+fn shared_first_layer_with_a_curvature_batch_matches_the_unshared_step() {
+    for (name, device) in backends() {
+        for solver in [SolverKind::Gram, SolverKind::CgSample, SolverKind::CgParam] {
+            check(mlp, true, &[6, 5, 4, 3], solver, Some(3), &device, name);
+        }
+        check(
+            reused,
+            false,
+            &[5, 5, 3],
+            SolverKind::Gram,
+            Some(3),
+            &device,
+            name,
+        );
     }
 }
 
 #[test]
 fn reused_layer_with_shared_and_unshared_uses_matches_the_unshared_step() {
     for (name, device) in backends() {
-        check(reused, false, &[5, 5, 3], SolverKind::Gram, &device, name);
+        check(
+            reused,
+            false,
+            &[5, 5, 3],
+            SolverKind::Gram,
+            None,
+            &device,
+            name,
+        );
     }
 }
 
