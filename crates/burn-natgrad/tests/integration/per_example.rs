@@ -104,7 +104,7 @@ fn linear_factors_give_per_example_gradients() {
         let grads = ce(model.logits2(x, &mut cap)).backward();
         assert!(
             model.layers[0].weight.val().grad(&grads).is_none(),
-            "captured weights are detached: autodiff computes no gradient for them"
+            "captured weights enter as constants: autodiff computes no gradient for them"
         );
         let factors = cap.into_factors(&grads).unwrap();
         assert_eq!(factors.len(), 1);
