@@ -349,29 +349,17 @@ impl Capture {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_devices::cpu_devices;
     use burn::nn::LinearConfig;
     use burn::optim::GradientsParams;
-    use burn::tensor::{Device, Distribution};
-
-    // One push per compiled CPU backend.
-    #[allow(clippy::vec_init_then_push)]
-    fn devices() -> Vec<Device> {
-        #[allow(unused_mut)]
-        let mut out = Vec::new();
-        #[cfg(feature = "ndarray")]
-        #[allow(deprecated)]
-        out.push(Device::ndarray().autodiff());
-        #[cfg(feature = "flex")]
-        out.push(Device::flex().autodiff());
-        out
-    }
+    use burn::tensor::Distribution;
 
     /// The captured layer's parameters are graph constants: `detach` alone would keep
     /// `require_grad`, and the backward pass would then compute each weight gradient `Xᵀ Δ` for
     /// nothing (it is what made the captured backward cost as much as a full one).
     #[test]
     fn parameters_enter_as_constants() {
-        for device in devices() {
+        for device in cpu_devices().into_iter().map(|d| d.autodiff()) {
             let layer = LinearConfig::new(5, 3).init(&device);
             assert!(layer.weight.val().is_require_grad());
             assert!(layer.weight.val().detach().is_require_grad());

@@ -771,20 +771,8 @@ impl ModuleVisitor for Collector<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Device, Distribution};
-
-    // One push per compiled CPU backend.
-    #[allow(clippy::vec_init_then_push)]
-    fn devices() -> Vec<Device> {
-        #[allow(unused_mut)]
-        let mut out = Vec::new();
-        #[cfg(feature = "ndarray")]
-        #[allow(deprecated)]
-        out.push(Device::ndarray());
-        #[cfg(feature = "flex")]
-        out.push(Device::flex());
-        out
-    }
+    use crate::test_devices::cpu_devices;
+    use burn::tensor::Distribution;
 
     fn max_diff(a: Tensor<2>, b: Tensor<2>) -> f32 {
         (a - b).abs().max().into_scalar::<f32>()
@@ -794,7 +782,7 @@ mod tests {
     /// the products of the same block with the input repeated.
     #[test]
     fn periodic_input_equals_repeated_input() {
-        for device in devices() {
+        for device in cpu_devices() {
             let input = Tensor::<3>::random([3, 2, 4], Distribution::Normal(0.0, 1.0), &device);
             let output_grad =
                 Tensor::<3>::random([6, 2, 5], Distribution::Normal(0.0, 1.0), &device);

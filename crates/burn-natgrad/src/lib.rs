@@ -25,6 +25,8 @@ pub mod fisher;
 pub mod optimizer;
 pub mod per_example;
 pub mod solver;
+#[cfg(test)]
+mod test_devices;
 
 pub use capture::{Capture, LinearFactors};
 pub use error::NatGradError;

@@ -6,7 +6,9 @@ use crate::common::*;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
-use burn_natgrad::{Capture, FisherKind, NatGradError, NaturalGradientConfig, SolverKind};
+use burn_natgrad::{
+    Capture, FisherKind, NatGradError, NaturalGradient, NaturalGradientConfig, SolverKind,
+};
 
 fn panic_message(f: impl FnOnce()) -> String {
     let hook = std::panic::take_hook();
@@ -187,13 +189,15 @@ fn bad_targets_and_shapes_are_reported() {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("targets must lie in 0..3"), "{msg}");
-        // Forward pass on the raw batch instead of the duplicated one.
-        let mut cap = Capture::new();
-        let logits = model.logits2(tensor(1, [6, 4], 1.0, &device), &mut cap);
-        let msg = ng
-            .try_classification(&model, cap, logits, labels(2, 6, 3, &device))
-            .unwrap_err()
-            .to_string();
+        // Forward pass on the raw batch instead of the stacked one.
+        let unstacked = |ng: &NaturalGradient| {
+            let mut cap = Capture::new();
+            let logits = model.logits2(tensor(1, [6, 4], 1.0, &device), &mut cap);
+            ng.try_classification(&model, cap, logits, labels(2, 6, 3, &device))
+                .unwrap_err()
+                .to_string()
+        };
+        let msg = unstacked(&ng);
         assert!(
             msg.contains("NaturalGradient::capture") && msg.contains("needs 18 rows"),
             "{msg}"
@@ -203,12 +207,7 @@ fn bad_targets_and_shapes_are_reported() {
             .with_fisher(FisherKind::Sampled { samples: 2 })
             .with_curvature_batch(Some(2))
             .build();
-        let mut cap = Capture::new();
-        let logits = model.logits2(tensor(1, [6, 4], 1.0, &device), &mut cap);
-        let msg = curv
-            .try_classification(&model, cap, logits, labels(2, 6, 3, &device))
-            .unwrap_err()
-            .to_string();
+        let msg = unstacked(&curv);
         assert!(msg.contains("needs 10 rows"), "{msg}");
         // A disabled capture.
         let logits = model.logits2(tensor(1, [6, 4], 1.0, &device), &mut Capture::disabled());
