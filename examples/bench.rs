@@ -134,7 +134,14 @@ fn step(
             let grads = loss.backward();
             let factors = cap.into_factors(&grads).expect("factors");
             let _ = GradientsParams::from_grads(grads, &model);
-            let _ = factors[0].output_grad.clone().sum().into_scalar::<f32>();
+            // Wait for the factor pass: the last layer's bias gradient is a sum of its rows.
+            let last = model.layers.last().expect("a layer");
+            let id = last.bias.as_ref().map_or(last.weight.id, |b| b.id);
+            let _ = factors
+                .grad(id)
+                .expect("captured")
+                .sum()
+                .into_scalar::<f32>();
             model
         }
         ("forward-backward", None) => {

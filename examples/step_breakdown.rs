@@ -14,9 +14,9 @@ use std::time::Instant;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Device, Distribution, Int, Tensor};
-use burn_natgrad::factors::Factors;
-use burn_natgrad::fisher::gram_and_implicit_projection;
-use burn_natgrad::solver::gram_direct;
+use burn_natgrad::testing::gram_and_implicit_projection;
+use burn_natgrad::testing::gram_direct;
+use burn_natgrad::testing::Factors;
 use burn_natgrad::{Capture, NaturalGradientConfig};
 use clap::Parser;
 
@@ -132,7 +132,7 @@ fn main() {
         let s = Instant::now();
         let out = ng.classification(&model, cap, logits, y.clone());
         let factors = Factors::from_grads(&model, &out.grads).expect("factors");
-        if let burn_natgrad::factors::BlockFactors::Weight { output_grad, .. } =
+        if let burn_natgrad::testing::BlockFactors::Weight { output_grad, .. } =
             &factors.blocks[0].factors
         {
             sync(output_grad);
@@ -158,11 +158,12 @@ fn main() {
         t[6] = ms(s);
         let s = Instant::now();
         let pre = ng
-            .precondition(&model, 0.0, &out.grads)
+            .precondition(&model, 1.0, &out.grads)
             .expect("precondition");
         t[7] = ms(s);
         let s = Instant::now();
-        model = optim.step(0.0, model, pre.directions.expect("finite"));
+        // Applied at learning rate 0: the model stays the same from step to step.
+        model = ng.apply(&mut optim, 0.0, model, pre);
         sync(&model.layers[0].weight.val());
         t[8] = ms(s);
 

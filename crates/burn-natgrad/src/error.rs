@@ -25,6 +25,23 @@ pub enum NatGradError {
         /// Module paths (or ids) of the parameters without factors.
         params: Vec<String>,
     },
+    /// Captured parameters that also received a gradient from a use outside the capture (e.g. a
+    /// weight read directly besides its `Capture::linear` use): their gradient would be wrong.
+    MixedUse {
+        /// Module paths of those parameters.
+        params: Vec<String>,
+    },
+    /// Too many steps in a row were skipped (see
+    /// [`NaturalGradientConfig::max_consecutive_skips`](crate::NaturalGradientConfig)).
+    TooManySkips {
+        /// Steps skipped in a row.
+        count: u64,
+        /// Why the last one was skipped.
+        reason: String,
+    },
+    /// [`NaturalGradient::step`](crate::NaturalGradient::step) was handed a `ModuleOptimizer`
+    /// that is not its own (e.g. Adam's), which would apply its own rule to the directions.
+    ForeignOptimizer,
     /// The captured factors are inconsistent (mismatched example counts or shapes).
     InconsistentFactors(String),
     /// Input given to the capture or to the loss does not match what it expects.
@@ -52,10 +69,32 @@ impl fmt::Display for NatGradError {
             NatGradError::UncapturedParameters { params } => write!(
                 f,
                 "natural gradient: these parameters have gradients but no captured per-example \
-                 factors: [{}]. Route every Linear layer through `Capture::linear` in the forward \
-                 pass, use `per_example_classification` (exact, slower) for other layers, or \
-                 freeze these parameters.",
+                 factors: [{}]. Route every Linear and Conv2d layer through `Capture::linear` / \
+                 `Capture::conv2d` in the forward pass, use `per_example_classification` (exact, \
+                 slower) for other layers, freeze these parameters, or move them by the damped \
+                 gradient with `NaturalGradientConfig::with_uncovered(UncoveredPolicy::DampedGradient)`.",
                 params.join(", ")
+            ),
+            NatGradError::MixedUse { params } => write!(
+                f,
+                "natural gradient: these captured parameters are also used outside the capture, \
+                 so their gradient would miss that use: [{}]. Route every use of a layer \
+                 through its `Capture` rule (uses are merged), or freeze the parameter.",
+                params.join(", ")
+            ),
+            NatGradError::TooManySkips { count, reason } => write!(
+                f,
+                "natural gradient: {count} steps in a row were skipped (the last: {reason}); \
+                 training stopped (weights and momentum hold their last finite values). Check the \
+                 data, the learning rate (schedule) and the damping, or raise \
+                 `NaturalGradientConfig::max_consecutive_skips`."
+            ),
+            NatGradError::ForeignOptimizer => write!(
+                f,
+                "natural gradient: `NaturalGradient::step` was given a ModuleOptimizer that is not \
+                 its own (another optimizer, e.g. Adam, would apply its own rule to the \
+                 natural-gradient directions); pass `natgrad.module_optimizer()` (or the \
+                 `ModuleOptimizer` from `NaturalGradientConfig::init`). No weight was changed."
             ),
             NatGradError::InconsistentFactors(msg) => {
                 write!(f, "natural gradient: inconsistent per-example factors: {msg}")

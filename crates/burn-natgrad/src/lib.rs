@@ -6,9 +6,10 @@
 //! space rather than parameter space (Amari, "Natural Gradient Works Efficiently in Learning",
 //! 1998). This crate:
 //!
-//! * captures **per-example gradient factors** of Linear layers in one batch backward pass
-//!   ([`Capture`]), with an exact per-example loop for any other model
-//!   ([`per_example_classification`]);
+//! * captures **per-example gradient factors** of Linear and Conv2d layers in one batch
+//!   backward pass ([`Capture`], one rule per layer kind), with an exact per-example loop for
+//!   any other model ([`per_example_classification`]), and an explicit policy for parameters no
+//!   rule covers ([`UncoveredPolicy`]);
 //! * forms the **empirical** or **model-sampled** Fisher ([`FisherKind`]), coupled across all
 //!   parameters or block-diagonal per layer, without ever materialising `N × P` or `P × P`,
 //!   on the whole batch or on a curvature batch of its first `m` examples
@@ -17,22 +18,31 @@
 //!   in sample or parameter space ([`SolverKind`]);
 //! * applies a KL trust region, momentum and weight decay, and plugs into Burn's
 //!   `ModuleOptimizer`, `Learner` and checkpoints ([`NaturalGradient`]).
+//!
+//! The modules are described, with a picture, in `docs/architecture.md`.
 
-pub mod capture;
-pub mod error;
-pub mod factors;
-pub mod fisher;
-pub mod optimizer;
-pub mod per_example;
-pub mod solver;
+mod capture;
+mod cholesky;
+mod classification;
+mod config;
+mod error;
+mod factors;
+mod fisher;
+mod optimizer;
+mod per_example;
+mod precondition;
+mod rules;
+mod solver;
 #[cfg(test)]
 mod test_devices;
+pub mod testing;
 
-pub use capture::{Capture, LinearFactors};
+pub use capture::{Capture, CapturedFactors};
+pub use classification::NaturalGradientOutput;
+pub use config::{NaturalGradientConfig, UncoveredPolicy};
 pub use error::NatGradError;
 pub use fisher::FisherKind;
-pub use optimizer::{
-    NaturalGradient, NaturalGradientConfig, NaturalGradientOutput, Preconditioned, StepStats,
-};
+pub use optimizer::{NaturalGradient, StepStats};
 pub use per_example::per_example_classification;
+pub use precondition::Preconditioned;
 pub use solver::SolverKind;

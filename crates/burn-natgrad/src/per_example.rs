@@ -7,15 +7,16 @@
 
 use std::collections::HashMap;
 
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Flag, Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Int, Tensor};
 
+use crate::classification::NaturalGradientOutput;
 use crate::error::NatGradError;
 use crate::factors::BlockFactors;
 use crate::fisher::{check_targets, cross_entropy_rows, FisherKind};
-use crate::optimizer::{NaturalGradient, NaturalGradientOutput};
+use crate::optimizer::NaturalGradient;
 
 /// Adds one backward pass's parameter gradients to the running sums and/or the per-example rows.
 struct Collect<'a> {
@@ -44,6 +45,42 @@ impl ModuleVisitor for Collect<'_> {
     }
 }
 
+/// Finds BatchNorm layers in training mode: their output for one example depends on the
+/// whole batch, so a per-example gradient does not exist (each example alone would be
+/// normalised by its own statistics, and the loop would silently train another model).
+#[derive(Default)]
+struct TrainingBatchNorm {
+    path: Vec<String>,
+    /// Path length of the BatchNorm whose field is being visited, if any.
+    inside: Option<usize>,
+    found: Vec<String>,
+}
+
+impl ModuleVisitor for TrainingBatchNorm {
+    // `container_type` is the type of the module whose field `name` is entered.
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        if container_type == "Struct:BatchNorm" && self.inside.is_none() {
+            self.inside = Some(self.path.len());
+        }
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+        if self.inside == Some(self.path.len()) {
+            self.inside = None;
+        }
+    }
+
+    fn visit_flag(&mut self, flag: &Param<Flag>) {
+        if let Some(depth) = self.inside {
+            if flag.val().is_enabled() {
+                self.found.push(self.path[..depth].join("."));
+            }
+        }
+    }
+}
+
 /// Divides every parameter gradient in `grads` by `n`.
 struct Mean<'a> {
     grads: &'a mut GradientsParams,
@@ -64,6 +101,8 @@ impl ModuleVisitor for Mean<'_> {
 /// `forward(model, x)` mapping
 /// a batch `[1, …]` to logits `[1, C]`. The result feeds [`NaturalGradient::step`] like
 /// [`NaturalGradient::classification`]'s does. Slow (`N` backward passes) and `O(N·P)` memory.
+/// A model with a BatchNorm in training mode is refused: its per-example gradients are not
+/// defined.
 pub fn per_example_classification<M, F, const D: usize>(
     natgrad: &NaturalGradient,
     model: &M,
@@ -76,6 +115,20 @@ where
     F: Fn(&M, Tensor<D>) -> Tensor<2>,
 {
     let n = input.dims()[0];
+    if input.is_autodiff() {
+        let mut bn = TrainingBatchNorm::default();
+        model.visit(&mut bn);
+        if !bn.found.is_empty() {
+            return Err(NatGradError::InvalidInput(format!(
+                "per_example_classification: BatchNorm in training mode has no per-example \
+                 gradient (it normalises with the batch's statistics; one example alone would \
+                 be normalised by its own) at [{}]. Capture the other layers with `Capture` and \
+                 move the BatchNorm parameters by the damped gradient \
+                 (`UncoveredPolicy::DampedGradient`), or put the BatchNorm in inference mode.",
+                bn.found.join(", ")
+            )));
+        }
+    }
     if targets.dims()[0] != n {
         return Err(NatGradError::InvalidInput(format!(
             "{} targets for a batch of {n} examples",

@@ -7,8 +7,8 @@
 
 use crate::common::*;
 use burn::tensor::{Device, Int, Tensor};
-use burn_natgrad::factors::{Block, Factors};
-use burn_natgrad::fisher::dense_fisher;
+use burn_natgrad::testing::dense_fisher;
+use burn_natgrad::testing::{Block, Factors};
 use burn_natgrad::{
     per_example_classification, Capture, FisherKind, NaturalGradient, NaturalGradientConfig,
     NaturalGradientOutput,

@@ -4,11 +4,14 @@
 mod common;
 
 mod backends;
+mod conv2d;
 mod curvature_batch;
 mod errors;
 mod learner;
+mod parameters;
 mod per_example;
 mod records;
 mod sampled_fisher;
 mod sampled_sharing;
+mod skips;
 mod solvers;

@@ -1,7 +1,7 @@
 //! Probe factors against the exact per-example loop (the oracle), on every backend.
 
 use crate::common::*;
-use burn_natgrad::factors::Factors;
+use burn_natgrad::testing::Factors;
 use burn_natgrad::{per_example_classification, Capture, NaturalGradientConfig};
 
 fn check(bias: bool, sequence: bool) {
@@ -42,16 +42,7 @@ fn check(bias: bool, sequence: bool) {
         assert_eq!(fl.blocks.len(), expected_blocks, "{name}");
         // The probe's gradients are implicit (empirical Fisher), the loop's explicit.
         assert!(fp.gradient_weight.is_some() && fl.gradient_weight.is_none());
-        for (i, (a, b)) in fp.blocks.iter().zip(&fl.blocks).enumerate() {
-            assert_eq!(a.path, b.path);
-            let rows = rel_err(&host(a.factors.dense_rows()), &host(b.factors.dense_rows()));
-            let grad = rel_err(&host(fp.gradient(i)), &host(fl.gradient(i)));
-            assert!(
-                rows <= 1e-5 && grad <= 1e-5,
-                "{name} bias={bias} seq={sequence} {}: per-example rows rel err {rows:e}, grad {grad:e}",
-                a.path
-            );
-        }
+        assert_blocks_match(&fp, &fl, &format!("{name} bias={bias} seq={sequence}"));
         let loss = rel_err(&host(probe.loss.clone()), &host(looped.loss.clone()));
         assert!(loss <= 1e-5, "{name}: loss rel err {loss:e}");
     }
@@ -78,9 +69,9 @@ fn probe_matches_loop_3d_without_bias() {
 }
 
 #[test]
-fn linear_factors_give_per_example_gradients() {
-    // The public LinearFactors view against autodiff's gradients of the same loss without the
-    // capture: N · xᵢᵀΔᵢ averaged over i, and weight_grad(), are the batch gradient.
+fn captured_factors_give_per_example_gradients() {
+    // The public CapturedFactors view against autodiff's gradients of the same loss without the
+    // capture: N · xᵢᵀΔᵢ averaged over i, and grad(), are the batch gradient.
     for (name, device) in backends() {
         let model = Mlp::new(&[3, 4], true, 2, &device);
         let x = tensor(9, [6, 3], 1.0, &device);
@@ -107,30 +98,31 @@ fn linear_factors_give_per_example_gradients() {
             "captured weights enter as constants: autodiff computes no gradient for them"
         );
         let factors = cap.into_factors(&grads).unwrap();
-        assert_eq!(factors.len(), 1);
-        let per_example = factors[0].per_example_weight_grads(6.0);
-        assert_eq!(per_example.dims(), [6, 3, 4]);
+        let (w, b) = (
+            model.layers[0].weight.id,
+            model.layers[0].bias.as_ref().unwrap().id,
+        );
+        assert_eq!(factors.params(), vec![w, b]);
+        let per_example = factors.per_example_grads(w, 6.0).unwrap();
+        assert_eq!(per_example.dims(), [6, 12]);
         let mean = per_example.mean_dim(0).reshape([3, 4]);
         assert!(
             rel_err(&host(mean), &host(batch_grad.clone())) <= 1e-5,
             "{name}"
         );
-        assert!(
-            rel_err(&host(factors[0].weight_grad()), &host(batch_grad)) <= 1e-5,
-            "{name}"
-        );
-        let bias = factors[0]
-            .per_example_bias_grads(6.0)
+        let grad = factors.grad(w).unwrap().reshape([3, 4]);
+        assert!(rel_err(&host(grad), &host(batch_grad)) <= 1e-5, "{name}");
+        let bias = factors
+            .per_example_grads(b, 6.0)
+            .unwrap()
             .mean_dim(0)
             .reshape([4]);
         assert!(
             rel_err(&host(bias), &host(bias_grad.clone())) <= 1e-5,
             "{name}"
         );
-        assert!(
-            rel_err(&host(factors[0].bias_grad()), &host(bias_grad)) <= 1e-5,
-            "{name}"
-        );
+        let grad = factors.grad(b).unwrap().reshape([4]);
+        assert!(rel_err(&host(grad), &host(bias_grad)) <= 1e-5, "{name}");
     }
 }
 
@@ -165,14 +157,6 @@ fn shared_layer_uses_are_summed_per_example() {
             4,
             "{name}: two layers, weight and bias each"
         );
-        for (i, (a, b)) in fp.blocks.iter().zip(&fl.blocks).enumerate() {
-            let rows = rel_err(&host(a.factors.dense_rows()), &host(b.factors.dense_rows()));
-            let grad = rel_err(&host(fp.gradient(i)), &host(fl.gradient(i)));
-            assert!(
-                rows <= 1e-5 && grad <= 1e-5,
-                "{name} {}: rows {rows:e}, grad {grad:e}",
-                a.path
-            );
-        }
+        assert_blocks_match(&fp, &fl, name);
     }
 }

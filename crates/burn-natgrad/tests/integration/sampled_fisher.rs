@@ -12,8 +12,8 @@
 //! draws) must match the exact Fisher of those 2 examples alone, and miss the whole batch's.
 
 use crate::common::*;
-use burn_natgrad::factors::{Block, Factors};
-use burn_natgrad::fisher::dense_fisher;
+use burn_natgrad::testing::dense_fisher;
+use burn_natgrad::testing::{Block, Factors};
 use burn_natgrad::{FisherKind, NaturalGradientConfig};
 
 fn frob_rel(a: &[f64], b: &[f64]) -> f64 {

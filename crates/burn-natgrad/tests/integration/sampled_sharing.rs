@@ -10,7 +10,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor};
-use burn_natgrad::factors::{BlockFactors, Factors};
+use burn_natgrad::testing::{BlockFactors, Factors};
 use burn_natgrad::{Capture, FisherKind, NaturalGradient, NaturalGradientConfig, SolverKind};
 
 const N: usize = 8;

@@ -228,3 +228,111 @@ pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// The message of the panic `f` raises (the default hook silenced meanwhile).
+pub fn panic_message(f: impl FnOnce()) -> String {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let err =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("expected a panic");
+    std::panic::set_hook(hook);
+    err.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+/// Asserts that two collections of blocks (a rule's and the per-example loop's) hold the same
+/// per-example rows and gradients, block by block (relative error ≤ 1e-5).
+pub fn assert_blocks_match(
+    a: &burn_natgrad::testing::Factors,
+    b: &burn_natgrad::testing::Factors,
+    what: &str,
+) {
+    assert_eq!(a.blocks.len(), b.blocks.len(), "{what}: block count");
+    for (i, (x, y)) in a.blocks.iter().zip(&b.blocks).enumerate() {
+        assert_eq!(x.path, y.path, "{what}");
+        let rows = rel_err(&host(x.factors.dense_rows()), &host(y.factors.dense_rows()));
+        let grad = rel_err(&host(a.gradient(i)), &host(b.gradient(i)));
+        assert!(
+            rows <= 1e-5 && grad <= 1e-5,
+            "{what} {}: per-example rows rel err {rows:e}, grad {grad:e}",
+            x.path
+        );
+    }
+}
+
+/// A small CNN: one Conv2d (any configuration), ReLU, flatten, one Linear to the logits.
+#[derive(Module, Debug)]
+pub struct ConvNet {
+    pub conv: burn::nn::conv::Conv2d,
+    pub fc: Linear,
+}
+
+impl ConvNet {
+    /// Deterministic weights (seeded LCG) for `config` on `[N, C, hw[0], hw[1]]` inputs.
+    pub fn new(
+        config: burn::nn::conv::Conv2dConfig,
+        hw: [usize; 2],
+        classes: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Self {
+        let mut conv = config.init(device);
+        let dims = conv.weight.val().dims();
+        let fan_in = (dims[1] * dims[2] * dims[3]) as f32;
+        conv.weight = Param::from_tensor(tensor(seed, dims, 1.5 / fan_in.sqrt(), device));
+        if let Some(b) = &conv.bias {
+            let d = b.val().dims();
+            conv.bias = Some(Param::from_tensor(tensor(seed + 1, d, 0.3, device)));
+        }
+        let probe = Tensor::<4>::zeros([1, config.channels[0], hw[0], hw[1]], device);
+        let features = conv.forward(probe).shape().num_elements();
+        let mut fc = LinearConfig::new(features, classes).init(device);
+        let scale = 1.5 / (features as f32).sqrt();
+        fc.weight = Param::from_tensor(tensor(seed + 2, [features, classes], scale, device));
+        fc.bias = Some(Param::from_tensor(tensor(seed + 3, [classes], 0.3, device)));
+        Self { conv, fc }
+    }
+
+    /// Logits `[N, classes]` for `[N, C, H, W]` input.
+    pub fn logits(&self, x: Tensor<4>, capture: &mut Capture) -> Tensor<2> {
+        let h = relu(capture.conv2d(&self.conv, x));
+        let [n, c, hh, ww] = h.dims();
+        capture.linear(&self.fc, h.reshape([n, c * hh * ww]))
+    }
+}
+
+/// Dense `(UᵀU + λI)⁻¹ g` on the host (f64) for the given blocks and gradient.
+pub fn dense_direction(
+    blocks: &[&burn_natgrad::testing::Block],
+    g: Vec<f64>,
+    damping: f64,
+) -> Vec<f64> {
+    let m = blocks[0].factors.rows();
+    let u = host(burn_natgrad::testing::dense_rows(blocks));
+    let p = u.len() / m;
+    let mut f = vec![0.0; p * p];
+    for r in 0..m {
+        for i in 0..p {
+            for j in 0..p {
+                f[i * p + j] += u[r * p + i] * u[r * p + j];
+            }
+        }
+    }
+    burn_natgrad::testing::cholesky_solve(&f, &g, p, damping).unwrap()
+}
+
+/// `dᵀ F d` on the host (f64) with the dense rows `U` of the blocks, `F = UᵀU`.
+pub fn dense_quadratic(blocks: &[&burn_natgrad::testing::Block], d: &[f64]) -> f64 {
+    let m = blocks[0].factors.rows();
+    let u = host(burn_natgrad::testing::dense_rows(blocks));
+    let p = u.len() / m;
+    assert_eq!(p, d.len(), "direction length");
+    (0..m)
+        .map(|r| {
+            let ud: f64 = (0..p).map(|i| u[r * p + i] * d[i]).sum();
+            ud * ud
+        })
+        .sum()
+}

@@ -1,0 +1,166 @@
+//! A captured training step of a softmax classifier: the stacked input of the sampled Fisher,
+//! the loss on data and sampled labels, one backward pass, and every captured layer's factors
+//! registered, with one row-scaling convention, as the Fisher rows and (when they differ) the
+//! data rows of each parameter.
+//!
+//! The Fisher-kind logic lives here and in [`fisher`](crate::fisher): which rows are the
+//! Fisher's (the data's, the first `m` of them, or `k` sampled copies), which labels they use
+//! ([`labels_for`]) and how they are scaled ([`fisher_scale`]).
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::{Int, Tensor};
+
+use crate::capture::Capture;
+use crate::error::NatGradError;
+use crate::factors::{gradient_weight_id, BlockFactors, DataRows, Factors};
+use crate::fisher::{check_targets, cross_entropy_rows, fisher_scale, labels_for, FisherKind};
+use crate::optimizer::NaturalGradient;
+
+/// What [`NaturalGradient::classification`] returns: the data loss and logits for metrics, and
+/// the gradients with the per-example factors for [`NaturalGradient::step`].
+#[derive(Debug)]
+pub struct NaturalGradientOutput {
+    /// Mean cross-entropy on the data labels, `[1]` (not tracked by autodiff).
+    pub loss: Tensor<1>,
+    /// Logits of the batch (the data copy), `[N, C]` (not tracked by autodiff).
+    pub logits: Tensor<2>,
+    /// The Fisher factors under derived ids, and the gradients: those of captured parameters
+    /// implicit (`g = U_dᵀ (w·1)` over the data rows, the data rows' per-example gradients summed), those of
+    /// uncovered ones (see [`UncoveredPolicy`](crate::UncoveredPolicy)) explicit. Pass it unchanged to
+    /// [`NaturalGradient::step`] or [`NaturalGradient::precondition`].
+    pub grads: GradientsParams,
+}
+
+impl NaturalGradient {
+    /// How many examples of a batch of `n` the Fisher is estimated on: the curvature batch,
+    /// at most `n` (see [`NaturalGradientConfig::curvature_batch`]).
+    pub fn curvature_rows(&self, n: usize) -> usize {
+        self.config.curvature_batch.map_or(n, |m| m.min(n))
+    }
+
+    /// Starts a captured training step: returns an enabled [`Capture`] and the input to run the
+    /// forward pass on. For the empirical Fisher it is the batch itself. For the sampled Fisher
+    /// with `k` samples it is the batch followed by `k` copies of its first `m` examples (the
+    /// curvature batch, all of it by default), stacked along dimension 0: `N + k·m` rows. The
+    /// capture computes a layer whose input carries no gradient (the first) on the `N` rows of
+    /// the batch only, and copies its output rows for the copies.
+    pub fn capture<const D: usize>(&self, input: Tensor<D>) -> (Capture, Tensor<D>) {
+        let FisherKind::Sampled { samples } = self.config.fisher else {
+            return (Capture::new(), input);
+        };
+        let n = input.dims()[0];
+        let m = self.curvature_rows(n);
+        let capture = Capture::stacked(n, m, samples);
+        let curvature = if m == n {
+            input.clone()
+        } else {
+            input.clone().narrow(0, 0, m)
+        };
+        let mut parts = vec![input];
+        parts.extend(std::iter::repeat_n(curvature, samples));
+        (capture, Tensor::cat(parts, 0))
+    }
+
+    /// Finishes a captured step of a softmax classifier: cross-entropy on the data labels (and
+    /// on labels sampled from the model for the sampled Fisher), one backward pass, and the
+    /// per-example factors of every captured layer, returned inside the gradients.
+    ///
+    /// `logits` come from the forward pass on the input returned by [`capture`](Self::capture);
+    /// `targets` are the `N` data labels.
+    ///
+    /// # Panics
+    /// With a message saying what to change, on the errors of
+    /// [`try_classification`](Self::try_classification).
+    pub fn classification<M: Module>(
+        &self,
+        model: &M,
+        capture: Capture,
+        logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+    ) -> NaturalGradientOutput {
+        self.try_classification(model, capture, logits, targets)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`classification`](Self::classification), returning errors: targets that do not match
+    /// the logits, a capture that recorded no layer, or trainable parameters it did not capture.
+    pub fn try_classification<M: Module>(
+        &self,
+        model: &M,
+        capture: Capture,
+        logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+    ) -> Result<NaturalGradientOutput, NatGradError> {
+        let kind = self.config.fisher;
+        let [rows, classes] = logits.dims();
+        let n = check_targets(rows, classes, &targets, |n| {
+            n + (kind.copies() - 1) * self.curvature_rows(n)
+        })?;
+        let m = self.curvature_rows(n);
+        if !capture.is_enabled() || capture.is_empty() {
+            return Err(NatGradError::InvalidInput(
+                "the capture recorded no layer: run the forward pass with the capture from \
+                 `NaturalGradient::capture` and route each Linear and Conv2d layer through \
+                 `Capture::linear` / `Capture::conv2d`"
+                    .into(),
+            ));
+        }
+        let labels = labels_for(kind, &logits, targets, m);
+        let per_row = cross_entropy_rows(logits.clone(), labels);
+        let data_loss = per_row.clone().slice(0..n).mean().inner();
+        let gradients = per_row.sum().div_scalar(n as f64).backward();
+        let layers = capture.into_factors(&gradients)?;
+        let mut grads = GradientsParams::from_grads(gradients, model);
+
+        // Every row is scaled alike, so that the Fisher is UᵀU; the gradient is then
+        // g = Σ xᵢᵀΔᵢ = U_dᵀ(1/scale · 1) over the data rows U_d, left implicit (the capture kept
+        // autodiff from computing it). Empirical over the whole batch: the data rows are the
+        // Fisher rows. Empirical with a curvature batch: the Fisher rows are the first m data
+        // rows. Sampled: the data rows come first, then the Fisher's.
+        let scale = fisher_scale(kind, n, m).sqrt();
+        let w = Tensor::<1>::from_floats([1.0 / scale as f32], &logits.clone().inner().device());
+        grads.register(gradient_weight_id(), w);
+        {
+            for (id, block) in layers.blocks {
+                let is_weight = matches!(block, BlockFactors::Weight { .. });
+                let (fisher, data) = match kind {
+                    FisherKind::Empirical if m == n => (block, None),
+                    FisherKind::Empirical => (
+                        block.clone().slice_rows(0, m),
+                        // The Fisher rows' input is the first m rows of the data's.
+                        Some((block, is_weight)),
+                    ),
+                    FisherKind::Sampled { .. } => {
+                        // A layer computed once for all copies keeps one input row per example,
+                        // which the data rows share.
+                        let shares_input = matches!(
+                            &block,
+                            BlockFactors::Weight { input, .. } if input.dims()[0] == n
+                        );
+                        (
+                            block.clone().slice_rows(n, rows),
+                            Some((block.slice_rows(0, n), shares_input)),
+                        )
+                    }
+                };
+                fisher.scaled(scale).register(id, &mut grads);
+                if let Some((factors, shares_input)) = data {
+                    DataRows {
+                        factors: factors.scaled(scale),
+                        shares_input,
+                    }
+                    .register(id, &mut grads);
+                }
+            }
+        }
+        // Every parameter with a gradient must now have factors, or be handled by the policy:
+        // names those the capture missed.
+        Factors::collect(model, &grads, self.config.uncovered)?;
+        Ok(NaturalGradientOutput {
+            loss: data_loss,
+            logits: logits.slice(0..n).inner(),
+            grads,
+        })
+    }
+}

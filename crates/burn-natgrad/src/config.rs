@@ -1,0 +1,184 @@
+//! The configuration of the [`NaturalGradient`] optimizer, its checks and its builders.
+
+use burn::config::Config;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::ModuleOptimizer;
+
+use crate::error::NatGradError;
+use crate::fisher::FisherKind;
+use crate::optimizer::NaturalGradient;
+use crate::solver::SolverKind;
+
+/// What the optimizer does with a trainable parameter that has a gradient but no per-example
+/// factors: a parameter of a layer no rule covers (e.g. BatchNorm in training mode, whose
+/// per-example gradients are not defined), or one the forward pass did not route through the
+/// [`Capture`](crate::Capture).
+#[derive(Config, Debug, PartialEq, Eq, Copy)]
+pub enum UncoveredPolicy {
+    /// Refuse the step with [`NatGradError::UncapturedParameters`], naming them (the default).
+    Refuse,
+    /// Take their Fisher block as zero: they move by the damped gradient `g / λ` (with the same
+    /// momentum, weight decay and learning rate as the others), and add nothing to `dᵀFd`.
+    /// With damping `λ` this is SGD at learning rate `lr / λ` for those parameters.
+    DampedGradient,
+}
+
+/// Configuration of the [`NaturalGradient`] optimizer.
+#[derive(Config, Debug)]
+pub struct NaturalGradientConfig {
+    /// Which Fisher preconditions the gradient. Default: [`FisherKind::Empirical`].
+    #[config(default = "FisherKind::Empirical")]
+    pub fisher: FisherKind,
+    /// How `(F + λI) d = g` is solved. Default: [`SolverKind::Gram`] (exact).
+    #[config(default = "SolverKind::Gram")]
+    pub solver: SolverKind,
+    /// Tikhonov damping `λ > 0` added to the Fisher. Default: 1.0. Small values trust the
+    /// minibatch Fisher more (larger, riskier steps); large values approach SGD with learning
+    /// rate `lr / λ`.
+    #[config(default = 1.0)]
+    pub damping: f64,
+    /// KL trust region: the step is shrunk so that `½ lr² dᵀFd ≤ kl_max`. `None` (default):
+    /// no trust region.
+    #[config(default = "None")]
+    pub kl_max: Option<f64>,
+    /// Use the per-layer block-diagonal Fisher instead of the full, coupled one. Default: false.
+    #[config(default = false)]
+    pub block_diagonal: bool,
+    /// Estimate the Fisher on the first `m` examples of each batch only, a curvature
+    /// mini-batch (Martens, "Deep learning via Hessian-free optimization", 2010, §4.3; Byrd,
+    /// Chin, Neveitt & Nocedal, "On the Use of Stochastic Hessian Information in Optimization
+    /// Methods for Machine Learning", 2011), while the gradient still averages all `N`
+    /// examples. The Gram system is then `m × m`, its products cost `m·N` instead of `N²` per
+    /// layer, and the sampled Fisher draws labels for `m` examples only. Batches are assumed
+    /// shuffled, so that their first `m` examples are a random subset. `None` (default), or
+    /// `m ≥ N`: the whole batch.
+    #[config(default = "None")]
+    pub curvature_batch: Option<usize>,
+    /// Conjugate-gradient iteration cap (CG solvers). Default: 50.
+    #[config(default = 50)]
+    pub cg_max_iters: usize,
+    /// Conjugate-gradient relative tolerance `‖r‖ ≤ tol ‖b‖`. Default: 1e-6.
+    #[config(default = 1e-6)]
+    pub cg_tolerance: f64,
+    /// Check CG convergence on the host every this many iterations (one device read each);
+    /// 0: never, always run `cg_max_iters`. Default: 10.
+    #[config(default = 10)]
+    pub cg_check_every: usize,
+    /// What to do with trainable parameters that have a gradient but no captured factors.
+    /// Default: [`UncoveredPolicy::Refuse`].
+    #[config(default = "UncoveredPolicy::Refuse")]
+    pub uncovered: UncoveredPolicy,
+    /// Stop training (a panic from [`NaturalGradient::step`] saying what was not finite) after
+    /// this many consecutive skipped steps; `None`: never stop. Default: 10.
+    #[config(default = "Some(10)")]
+    pub max_consecutive_skips: Option<usize>,
+    /// Momentum applied to the natural-gradient direction (as Burn's SGD). Default: none.
+    pub momentum: Option<MomentumConfig>,
+    /// Weight decay added to the natural-gradient direction (as Burn's SGD). Default: none.
+    pub weight_decay: Option<WeightDecayConfig>,
+}
+
+fn check_positive(field: &'static str, value: f64) -> Result<(), NatGradError> {
+    if !value.is_finite() || value <= 0.0 {
+        return Err(NatGradError::InvalidConfig {
+            field,
+            reason: format!("must be a finite number > 0, got {value}"),
+        });
+    }
+    Ok(())
+}
+
+impl NaturalGradientConfig {
+    /// Checks every value; the error names the field and what it accepts.
+    pub fn validate(&self) -> Result<(), NatGradError> {
+        check_positive("damping", self.damping)?;
+        if let Some(kl) = self.kl_max {
+            check_positive("kl_max", kl)?;
+        }
+        if let FisherKind::Sampled { samples: 0 } = self.fisher {
+            return Err(NatGradError::InvalidConfig {
+                field: "fisher",
+                reason: "Sampled { samples } needs at least one sample per example, got 0".into(),
+            });
+        }
+        if self.max_consecutive_skips == Some(0) {
+            return Err(NatGradError::InvalidConfig {
+                field: "max_consecutive_skips",
+                reason: "must be at least 1 (None: never stop), got 0".into(),
+            });
+        }
+        if self.curvature_batch == Some(0) {
+            return Err(NatGradError::InvalidConfig {
+                field: "curvature_batch",
+                reason: "must be at least 1 example (None: the whole batch), got 0".into(),
+            });
+        }
+        if self.solver != SolverKind::Gram {
+            if self.cg_max_iters == 0 {
+                return Err(NatGradError::InvalidConfig {
+                    field: "cg_max_iters",
+                    reason: "must be at least 1 for a conjugate-gradient solver, got 0".into(),
+                });
+            }
+            check_positive("cg_tolerance", self.cg_tolerance)?;
+        }
+        if let Some(m) = &self.momentum {
+            for (field, v) in [
+                ("momentum.momentum", m.momentum),
+                ("momentum.dampening", m.dampening),
+            ] {
+                if !v.is_finite() || !(0.0..=1.0).contains(&v) {
+                    return Err(NatGradError::InvalidConfig {
+                        field,
+                        reason: format!("must lie in [0, 1], got {v}"),
+                    });
+                }
+            }
+        }
+        if let Some(w) = &self.weight_decay {
+            if !w.penalty.is_finite() || w.penalty < 0.0 {
+                return Err(NatGradError::InvalidConfig {
+                    field: "weight_decay.penalty",
+                    reason: format!("must be a finite number >= 0, got {}", w.penalty),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the optimizer, or says which value is invalid.
+    pub fn try_build(&self) -> Result<NaturalGradient, NatGradError> {
+        self.validate()?;
+        let mut sgd = burn::optim::SgdConfig::new();
+        if let Some(m) = &self.momentum {
+            sgd = sgd.with_momentum(Some(m.clone()));
+        }
+        if let Some(w) = &self.weight_decay {
+            sgd = sgd.with_weight_decay(Some(w.clone()));
+        }
+        Ok(NaturalGradient::new(self.clone(), sgd.build()))
+    }
+
+    /// Builds the optimizer.
+    ///
+    /// # Panics
+    /// With the message of [`validate`](Self::validate) if a value is invalid; use
+    /// [`try_build`](Self::try_build) to handle it.
+    pub fn build(&self) -> NaturalGradient {
+        self.try_build().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The optimizer and its per-tensor part wrapped in Burn's [`ModuleOptimizer`], which must
+    /// be used together: keep the [`NaturalGradient`] where `TrainStep::optimize` can reach it
+    /// (e.g. a `#[module(skip)]` field of the model) and hand the [`ModuleOptimizer`] to the
+    /// `Learner`.
+    ///
+    /// # Panics
+    /// If a value is invalid (see [`validate`](Self::validate)).
+    pub fn init(&self) -> (NaturalGradient, ModuleOptimizer) {
+        let ng = self.build();
+        let optim = ng.module_optimizer();
+        (ng, optim)
+    }
+}

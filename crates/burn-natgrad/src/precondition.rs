@@ -1,0 +1,218 @@
+//! The coupled preconditioning step, a query: `d = (F + λI)⁻¹ g` for every captured parameter,
+//! the damped gradient `g / λ` for uncovered ones (under
+//! [`UncoveredPolicy::DampedGradient`](crate::UncoveredPolicy)), the KL trust region, and the
+//! decision to skip a step whose inputs or direction are not finite. Nothing is counted or
+//! consumed here: [`NaturalGradient::apply`] does that.
+
+use burn::module::{Module, ParamId};
+use burn::optim::{GradientsParams, LearningRate};
+use burn::tensor::{Device, Tensor};
+
+use crate::error::NatGradError;
+use crate::factors::Factors;
+use crate::optimizer::NaturalGradient;
+use crate::solver::{solve, CgOptions, Gradient};
+
+/// A preconditioned step, ready for [`NaturalGradient::apply`].
+#[derive(Debug)]
+pub struct Preconditioned {
+    /// The natural-gradient directions under the parameters' ids, or `None` if the step is to
+    /// be skipped ([`skip_reason`](Self::skip_reason) says why). Apply them with
+    /// [`NaturalGradient::apply`] (which is what [`NaturalGradient::step`] does).
+    pub directions: Option<GradientsParams>,
+    /// Predicted `dᵀFd` of the direction before the trust region.
+    pub quadratic: f64,
+    /// Trust-region factor applied (1 when it did not bind).
+    pub scale: f64,
+    /// The learning rate the trust region was computed for.
+    pub lr: LearningRate,
+    /// Conjugate-gradient iterations (0 for the direct solve).
+    pub cg_iters: usize,
+    /// Final CG relative residual (0 for the direct solve).
+    pub residual: f64,
+    /// Why the step is skipped, when it is.
+    pub skip_reason: Option<String>,
+    /// How many tensors `directions` holds.
+    pub(crate) count: usize,
+    /// Where the directions live.
+    pub(crate) device: Option<Device>,
+}
+
+impl Preconditioned {
+    fn skipped(lr: LearningRate, reason: String) -> Self {
+        Self {
+            directions: None,
+            quadratic: f64::NAN,
+            scale: 0.0,
+            lr,
+            cg_iters: 0,
+            residual: 0.0,
+            skip_reason: Some(reason),
+            count: 0,
+            device: None,
+        }
+    }
+}
+
+impl NaturalGradient {
+    /// Computes the natural-gradient directions for `module` from `grads` (as returned by
+    /// [`classification`](Self::classification) or
+    /// [`per_example_classification`](crate::per_example_classification)), with the learning
+    /// rate `lr` for the trust region. A query: nothing is consumed or counted (on error the
+    /// caller keeps its module; [`stats`](Self::stats) is unchanged). A learning rate that is not
+    /// a finite number > 0, or a direction or residual that is not finite, gives a step to skip
+    /// (`directions: None`, with the reason).
+    pub fn precondition<M: Module>(
+        &self,
+        module: &M,
+        lr: LearningRate,
+        grads: &GradientsParams,
+    ) -> Result<Preconditioned, NatGradError> {
+        let c = &self.config;
+        let factors = Factors::collect(module, grads, c.uncovered)?;
+        if !lr.is_finite() || lr <= 0.0 {
+            return Ok(Preconditioned::skipped(
+                lr,
+                format!("the learning rate is {lr}, not a finite number > 0"),
+            ));
+        }
+        let cg = CgOptions {
+            max_iters: c.cg_max_iters,
+            tolerance: c.cg_tolerance,
+            check_every: c.cg_check_every,
+        };
+        let groups: Vec<Vec<usize>> = if c.block_diagonal {
+            factors.by_group()
+        } else {
+            vec![(0..factors.blocks.len()).collect()]
+        };
+        let mut directions: Vec<Option<Tensor<2>>> = vec![None; factors.blocks.len()];
+        let mut quadratic: Option<Tensor<1>> = None;
+        let mut residual: Option<Tensor<1>> = None;
+        let mut iterations = 0;
+        for group in groups {
+            let blocks: Vec<_> = group.iter().map(|&i| &factors.blocks[i]).collect();
+            let gradient = match &factors.gradient_weight {
+                Some(w) if blocks.iter().all(|b| b.grad.is_none()) => Gradient::Implicit(w.clone()),
+                _ => Gradient::Explicit(group.iter().map(|&i| factors.gradient(i)).collect()),
+            };
+            let solution = solve(&blocks, gradient, c.solver, c.damping, &cg);
+            let q = solution.ud.clone().square().sum();
+            quadratic = Some(match quadratic {
+                Some(acc) => acc + q,
+                None => q,
+            });
+            if let Some(r) = solution.residual {
+                residual = Some(match residual {
+                    Some(acc) => acc.max_pair(r),
+                    None => r,
+                });
+            }
+            iterations = iterations.max(solution.iterations);
+            for (&i, d) in group.iter().zip(solution.direction) {
+                directions[i] = Some(d);
+            }
+        }
+        // Parameters no rule covers: their Fisher block is zero, `d = g / λ`.
+        let uncovered: Vec<Tensor<2>> = factors
+            .uncovered
+            .iter()
+            .map(|u| u.grad.clone().div_scalar(c.damping))
+            .collect();
+        // One host read: dᵀFd, plus the CG residual; also a finiteness probe of the direction,
+        // since a NaN anywhere in d reaches dᵀFd = ‖U d‖² unless U is zero there, and the sum
+        // of d catches that case.
+        let probe = directions
+            .iter()
+            .flatten()
+            .chain(&uncovered)
+            .map(|d| d.clone().sum())
+            .reduce(|a, b| a + b)
+            .expect("at least one block");
+        let mut read = vec![
+            quadratic.expect("at least one group"),
+            probe.mul_scalar(0.0),
+        ];
+        if let Some(r) = residual {
+            read.push(r);
+        }
+        let values: Vec<f64> = Tensor::cat(read, 0)
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .expect("float data");
+        let quadratic = values[0];
+        let residual = values.get(2).copied().unwrap_or(0.0);
+        if !values.iter().all(|v| v.is_finite()) {
+            return Ok(Preconditioned {
+                cg_iters: iterations,
+                residual,
+                quadratic,
+                ..Preconditioned::skipped(
+                    lr,
+                    format!(
+                        "non-finite direction or residual (dᵀFd = {quadratic}, CG residual = \
+                         {residual}): a NaN or infinity in the input batch, the loss, the \
+                         factors or the solve"
+                    ),
+                )
+            });
+        }
+        let scale = match c.kl_max {
+            Some(kl_max) if quadratic > 0.0 => {
+                (2.0 * kl_max / (lr * lr * quadratic)).sqrt().min(1.0)
+            }
+            _ => 1.0,
+        };
+        let mut out = GradientsParams::new();
+        let device = factors.blocks[0].factors.device();
+        let count = factors.blocks.len() + factors.uncovered.len();
+        let shaped = factors
+            .blocks
+            .iter()
+            .zip(directions)
+            .map(|(b, d)| (b.id, d.expect("every block solved"), &b.dims))
+            .chain(
+                factors
+                    .uncovered
+                    .iter()
+                    .zip(uncovered)
+                    .map(|(u, d)| (u.id, d, &u.dims)),
+            );
+        for (id, d, dims) in shaped {
+            let d = if scale < 1.0 { d.mul_scalar(scale) } else { d };
+            register_shaped(&mut out, id, d, dims);
+        }
+        Ok(Preconditioned {
+            directions: Some(out),
+            quadratic,
+            scale,
+            lr,
+            cg_iters: iterations,
+            residual,
+            skip_reason: None,
+            count,
+            device: Some(device),
+        })
+    }
+}
+
+/// Registers a matrix-view tensor under `id` with the parameter's rank and shape (the view is
+/// the parameter read row-major, see the layer rules).
+fn register_shaped(out: &mut GradientsParams, id: ParamId, d: Tensor<2>, dims: &[usize]) {
+    macro_rules! reg {
+        ($r:literal) => {{
+            let shape: [usize; $r] = dims.try_into().expect("rank");
+            out.register::<$r>(id, d.reshape(shape))
+        }};
+    }
+    match dims.len() {
+        1 => reg!(1),
+        2 => reg!(2),
+        3 => reg!(3),
+        4 => reg!(4),
+        5 => reg!(5),
+        6 => reg!(6),
+        r => panic!("natural gradient: parameters of rank {r} are not supported (at most 6)"),
+    }
+}
