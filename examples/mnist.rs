@@ -11,10 +11,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::optim::momentum::MomentumConfig;
-use burn::tensor::Device;
 use burn_natgrad::{FisherKind, NaturalGradientConfig, SolverKind};
 use clap::{Parser, ValueEnum};
-use natgrad_mnist::{plot, results_csv, results_table, run, MnistData, OptimizerSpec, RunOptions};
+use natgrad_mnist::{plot, results_csv, results_table, run, OptimizerSpec, RunOptions};
+
+#[path = "shared/cli.rs"]
+mod cli;
+use cli::{device, load_data, Common, ADAM_GRID, SGD_GRID};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Opt {
@@ -39,16 +42,6 @@ enum Solver {
     CgSample,
     /// Conjugate gradient in parameter space (matrix-free Fisher products).
     CgParam,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-enum Backend {
-    #[cfg(feature = "ndarray")]
-    Ndarray,
-    #[cfg(feature = "flex")]
-    Flex,
-    #[cfg(feature = "wgpu")]
-    Wgpu,
 }
 
 /// Natural gradient vs SGD vs Adam on MNIST (MLP 784-H-10), through Burn's Learner.
@@ -90,28 +83,14 @@ struct Args {
     /// Learning rate of Adam (the best of its grid, see --sweep).
     #[arg(long, default_value_t = 3e-3)]
     adam_lr: f64,
-    /// Epochs.
-    #[arg(long, default_value_t = 2)]
-    epochs: usize,
     /// Batch size.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// Hidden width.
     #[arg(long, default_value_t = 128)]
     hidden: usize,
-    /// Backend (those compiled in, by cargo feature).
-    #[arg(long, value_enum, default_value_t = default_backend())]
-    backend: Backend,
-    /// Folder with the four MNIST IDX files, gzipped or raw; default: burn-dataset's
-    /// MnistDataset (downloads once into its cache).
-    #[arg(long, env = "MNIST_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Train on the first N training examples only.
-    #[arg(long)]
-    limit: Option<usize>,
-    /// Seed of the initial weights and the data order.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
+    #[command(flatten)]
+    common: Common,
     /// Output folder: results.csv, curves.svg, checkpoints.
     #[arg(long, default_value = "target/mnist")]
     out: PathBuf,
@@ -129,30 +108,6 @@ const NGD_GRID: [(f64, f64, f64); 5] = [
     (5.0, 5.0, 0.7),
     (3.0, 3.0, 0.7),
 ];
-
-fn default_backend() -> Backend {
-    #[cfg(feature = "ndarray")]
-    return Backend::Ndarray;
-    #[allow(unreachable_code)]
-    #[cfg(feature = "flex")]
-    return Backend::Flex;
-    #[allow(unreachable_code)]
-    #[cfg(feature = "wgpu")]
-    return Backend::Wgpu;
-}
-
-fn device(backend: Backend) -> Device {
-    match backend {
-        #[cfg(feature = "ndarray")]
-        #[allow(deprecated)]
-        Backend::Ndarray => Device::ndarray(),
-        #[cfg(feature = "flex")]
-        Backend::Flex => Device::flex(),
-        #[cfg(feature = "wgpu")]
-        Backend::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
-    }
-    .autodiff()
-}
 
 /// The natural gradient's defaults, `(lr, damping, momentum, kl_max)`, by Fisher: the empirical
 /// ones won `--sweep`; the sampled Fisher needs a trust region (see README).
@@ -196,21 +151,13 @@ fn ngd_config(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpe
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let data = match &args.data_dir {
-        Some(dir) => MnistData::from_dir(dir),
-        None => MnistData::from_burn_dataset(),
-    };
-    let data = match data {
-        Ok(d) => d.limit_train(args.limit),
+    let data = match load_data(&args.common) {
+        Ok(data) => data,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
-    if data.train.is_empty() {
-        eprintln!("error: no training examples (--limit 0?)");
-        return ExitCode::from(2);
-    }
     let (lr, damping, momentum, _) = ngd_defaults(args.fisher);
     let ngd = ngd_config(
         &args,
@@ -225,11 +172,11 @@ fn main() -> ExitCode {
         }
     }
     let options = RunOptions {
-        epochs: if args.sweep { 1 } else { args.epochs },
+        epochs: if args.sweep { 1 } else { args.common.epochs },
         batch_size: args.batch_size,
         hidden: args.hidden,
-        seed: args.seed,
-        device: device(args.backend),
+        seed: args.common.seed,
+        device: device(args.common.backend),
         progress_bar: std::io::stdout().is_terminal(),
         quiet: false,
     };
@@ -244,10 +191,10 @@ fn main() -> ExitCode {
             }
         }
         if wants(Opt::Sgd) {
-            s.extend([0.03, 0.1, 0.3, 0.5, 1.0].map(|lr| OptimizerSpec::Sgd { lr }));
+            s.extend(SGD_GRID.map(|lr| OptimizerSpec::Sgd { lr }));
         }
         if wants(Opt::Adam) {
-            s.extend([3e-4, 1e-3, 3e-3].map(|lr| OptimizerSpec::Adam { lr }));
+            s.extend(ADAM_GRID.map(|lr| OptimizerSpec::Adam { lr }));
         }
         s
     } else {
@@ -274,7 +221,7 @@ fn main() -> ExitCode {
         args.hidden,
         args.batch_size,
         options.epochs,
-        args.backend
+        args.common.backend
     );
     let mut results = Vec::new();
     for (i, spec) in specs.iter().enumerate() {

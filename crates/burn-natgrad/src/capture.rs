@@ -95,7 +95,43 @@ impl CapturedFactors {
     }
 }
 
+thread_local! {
+    /// The capture the drop-in layers ([`crate::nn`]) record into on this thread, while
+    /// [`Capture::scope`] runs.
+    static ACTIVE: std::cell::RefCell<Option<Capture>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's active capture, if one is set by [`Capture::scope`].
+pub(crate) fn with_active<R>(f: impl FnOnce(Option<&mut Capture>) -> R) -> R {
+    ACTIVE.with(|active| f(active.borrow_mut().as_mut()))
+}
+
+/// Restores the capture that was active before a [`Capture::scope`], even if its closure
+/// panics.
+struct Restore(Option<Option<Capture>>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if let Some(previous) = self.0.take() {
+            ACTIVE.with(|active| *active.borrow_mut() = previous);
+        }
+    }
+}
+
 impl Capture {
+    /// Runs `f` (a model's own forward pass) with this capture active on this thread: the
+    /// drop-in layers of [`crate::nn`] record into it, as if each were routed through its rule.
+    /// Returns the capture with what it recorded, and `f`'s result. Scopes nest: the previous
+    /// active capture (or none) is restored afterwards, also when `f` panics.
+    pub fn scope<R>(self, f: impl FnOnce() -> R) -> (Self, R) {
+        let previous = ACTIVE.with(|active| active.borrow_mut().replace(self));
+        let mut restore = Restore(Some(previous));
+        let out = f();
+        let previous = restore.0.take().expect("restored once");
+        let capture = ACTIVE.with(|active| std::mem::replace(&mut *active.borrow_mut(), previous));
+        (capture.expect("the scope's capture is active"), out)
+    }
+
     /// A capture that records every layer passed to its rules.
     pub fn new() -> Self {
         Self {

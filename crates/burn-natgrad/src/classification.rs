@@ -10,6 +10,7 @@
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Int, Tensor};
+use burn::train::{ClassificationOutput, TrainOutput};
 
 use crate::capture::Capture;
 use crate::error::NatGradError;
@@ -32,7 +33,46 @@ pub struct NaturalGradientOutput {
     pub grads: GradientsParams,
 }
 
+impl NaturalGradientOutput {
+    /// The Learner's `TrainOutput`: these gradients and factors, with the loss, logits and
+    /// `targets` as a [`ClassificationOutput`] for the metrics.
+    pub fn into_train_output(self, targets: Tensor<1, Int>) -> TrainOutput<ClassificationOutput> {
+        TrainOutput {
+            grads: self.grads,
+            item: ClassificationOutput::new(self.loss, self.logits, targets),
+        }
+    }
+}
+
 impl NaturalGradient {
+    /// A whole captured step of a softmax classifier whose layers are the drop-in layers of
+    /// [`crate::nn`]: [`capture`](Self::capture) the input, run the model's own `forward`
+    /// inside [`Capture::scope`], then [`classification`](Self::classification). This is the
+    /// body of `TrainStep::step`:
+    ///
+    /// ```ignore
+    /// fn step(&self, batch: MnistBatch) -> TrainOutput<ClassificationOutput> {
+    ///     let targets = batch.targets.clone();
+    ///     self.natgrad
+    ///         .train_step(self, batch.images, batch.targets, |x| self.forward(x))
+    ///         .into_train_output(targets)
+    /// }
+    /// ```
+    ///
+    /// # Panics
+    /// As [`classification`](Self::classification).
+    pub fn train_step<M: Module, const D: usize>(
+        &self,
+        model: &M,
+        input: Tensor<D>,
+        targets: Tensor<1, Int>,
+        forward: impl FnOnce(Tensor<D>) -> Tensor<2>,
+    ) -> NaturalGradientOutput {
+        let (capture, x) = self.capture(input);
+        let (capture, logits) = capture.scope(|| forward(x));
+        self.classification(model, capture, logits, targets)
+    }
+
     /// How many examples of a batch of `n` the Fisher is estimated on: the curvature batch,
     /// at most `n` (see [`NaturalGradientConfig::curvature_batch`]).
     pub fn curvature_rows(&self, n: usize) -> usize {

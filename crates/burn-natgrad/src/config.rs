@@ -14,7 +14,7 @@ use crate::solver::SolverKind;
 /// factors: a parameter of a layer no rule covers (e.g. BatchNorm in training mode, whose
 /// per-example gradients are not defined), or one the forward pass did not route through the
 /// [`Capture`](crate::Capture).
-#[derive(Config, Debug, PartialEq, Eq, Copy)]
+#[derive(Config, Debug, PartialEq, Copy)]
 pub enum UncoveredPolicy {
     /// Refuse the step with [`NatGradError::UncapturedParameters`], naming them (the default).
     Refuse,
@@ -22,6 +22,30 @@ pub enum UncoveredPolicy {
     /// momentum, weight decay and learning rate as the others), and add nothing to `dᵀFd`.
     /// With damping `λ` this is SGD at learning rate `lr / λ` for those parameters.
     DampedGradient,
+    /// Their Fisher block is taken as zero and they move by `scale · g`: SGD at learning rate
+    /// `lr · scale` for those parameters (with the same momentum and weight decay), whatever the
+    /// damping. For layers whose good SGD step is far from `lr / λ` (a BatchNorm's scale and
+    /// shift next to a natural gradient at `lr = λ`).
+    ScaledGradient {
+        /// The factor `scale > 0` of the gradient.
+        scale: f64,
+    },
+}
+
+impl UncoveredPolicy {
+    /// Whether uncovered parameters are moved rather than refused.
+    pub fn moves(&self) -> bool {
+        !matches!(self, UncoveredPolicy::Refuse)
+    }
+
+    /// The factor of the gradient that moves an uncovered parameter, at damping `damping`.
+    pub(crate) fn scale(&self, damping: f64) -> f64 {
+        match self {
+            UncoveredPolicy::Refuse => 0.0,
+            UncoveredPolicy::DampedGradient => 1.0 / damping,
+            UncoveredPolicy::ScaledGradient { scale } => *scale,
+        }
+    }
 }
 
 /// Configuration of the [`NaturalGradient`] optimizer.
@@ -101,6 +125,9 @@ impl NaturalGradientConfig {
                 field: "fisher",
                 reason: "Sampled { samples } needs at least one sample per example, got 0".into(),
             });
+        }
+        if let UncoveredPolicy::ScaledGradient { scale } = self.uncovered {
+            check_positive("uncovered.scale", scale)?;
         }
         if self.max_consecutive_skips == Some(0) {
             return Err(NatGradError::InvalidConfig {

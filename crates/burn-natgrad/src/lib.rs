@@ -28,6 +28,8 @@ mod config;
 mod error;
 mod factors;
 mod fisher;
+mod glue;
+pub mod nn;
 mod optimizer;
 mod per_example;
 mod precondition;
@@ -42,6 +44,9 @@ pub use classification::NaturalGradientOutput;
 pub use config::{NaturalGradientConfig, UncoveredPolicy};
 pub use error::NatGradError;
 pub use fisher::FisherKind;
+#[doc(hidden)]
+pub use glue::__private;
+pub use glue::NaturalGradientField;
 pub use optimizer::{NaturalGradient, StepStats};
 pub use per_example::per_example_classification;
 pub use precondition::Preconditioned;

@@ -113,11 +113,12 @@ impl NaturalGradient {
                 directions[i] = Some(d);
             }
         }
-        // Parameters no rule covers: their Fisher block is zero, `d = g / λ`.
+        // Parameters no rule covers: their Fisher block is zero, `d = g / λ` (or `scale · g`).
+        let uncovered_scale = c.uncovered.scale(c.damping);
         let uncovered: Vec<Tensor<2>> = factors
             .uncovered
             .iter()
-            .map(|u| u.grad.clone().div_scalar(c.damping))
+            .map(|u| u.grad.clone().mul_scalar(uncovered_scale))
             .collect();
         // One host read: dᵀFd, plus the CG residual; also a finiteness probe of the direction,
         // since a NaN anywhere in d reaches dᵀFd = ‖U d‖² unless U is zero there, and the sum

@@ -1,14 +1,19 @@
 #![warn(missing_docs)]
 //! The MNIST experiment of "First-Order Approximations of the Natural Gradient without the
 //! Tears", rerun on Burn with burn-natgrad: an MLP 784-128(ReLU)-10, batch 128, pixels in
-//! `[0, 1]`, trained by the natural gradient, SGD and Adam through Burn's Learner.
+//! `[0, 1]`, trained by the natural gradient, SGD and Adam through Burn's Learner; and Burn's
+//! guide CNN ([`GuideCnn`]) in a hand-written loop ([`train_cnn`]).
 
+pub mod cnn;
 pub mod data;
 pub mod model;
 pub mod plot;
 pub mod progress;
 pub mod run;
+pub mod train_loop;
 
+pub use cnn::GuideCnn;
 pub use data::{DataError, MnistBatch, MnistBatcher, MnistData};
 pub use model::{Mlp, Recorder};
 pub use run::{results_csv, results_table, run, EpochResult, OptimizerSpec, RunOptions, RunResult};
+pub use train_loop::{train_cnn, LoopOptions};

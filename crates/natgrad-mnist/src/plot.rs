@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::run::RunResult;
@@ -31,15 +32,55 @@ fn smooth(values: &[f64], window: usize) -> Vec<(f64, f64)> {
     out
 }
 
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Draws the accuracy curves of `results` (`points` of each) with dots and a legend in the
+/// lower right corner, one colour per run.
+fn accuracy_curves<'a, 'b: 'a>(
+    chart: &mut Chart<'a, 'b>,
+    results: &[RunResult],
+    points: impl Fn(&RunResult) -> Vec<(f64, f64)>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    for (i, r) in results.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let curve = points(r);
+        chart
+            .draw_series(LineSeries::new(curve.clone(), color.stroke_width(2)))?
+            .label(r.spec.name())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart.draw_series(curve.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
+    Ok(())
+}
+
+type Canvas<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+/// A white, titled SVG canvas of `size` at `path`.
+fn canvas<'a>(
+    path: &'a Path,
+    size: (u32, u32),
+    title: &str,
+) -> Result<Canvas<'a>, Box<dyn std::error::Error>> {
+    let root = SVGBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE)?;
+    Ok(root.titled(title, ("sans-serif", 20))?)
+}
+
 /// Draws the two panels into an SVG file at `path`.
 pub fn draw(
     results: &[RunResult],
     title: &str,
     path: &Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (1200, 480)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let root = root.titled(title, ("sans-serif", 20))?;
+    let root = canvas(path, (1200, 480), title)?;
     let (left, right) = root.split_horizontally(640);
 
     let steps = results
@@ -135,31 +176,45 @@ pub fn draw(
         })
         .y_label_formatter(&|y| format!("{y:.1}"))
         .draw()?;
-    for (i, r) in results.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let points: Vec<(f64, f64)> = r
-            .epochs
+    accuracy_curves(&mut chart, results, |r| {
+        r.epochs
             .iter()
             .map(|e| (e.epoch as f64, 100.0 * e.test_accuracy))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-            .label(r.spec.name())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-        chart.draw_series(
-            points
-                .into_iter()
-                .map(|p| Circle::new(p, 4, color.filled())),
-        )?;
-    }
+            .collect()
+    })?;
+    root.present()?;
+    Ok(())
+}
+
+/// Draws test accuracy against training wall-clock seconds (the runs' `evals`) into an SVG file
+/// at `path`: time-to-accuracy, one colour per run.
+pub fn draw_time(
+    results: &[RunResult],
+    title: &str,
+    path: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let root = canvas(path, (800, 480), title)?;
+    let points = results.iter().flat_map(|r| r.evals.iter());
+    let (t_max, lo, hi) = points.fold((1.0f64, 100.0f64, 0.0f64), |(t, lo, hi), e| {
+        (t.max(e.0), lo.min(100.0 * e.2), hi.max(100.0 * e.2))
+    });
+    let lo = (lo - 0.5).max(0.0);
+    let mut chart = ChartBuilder::on(&root)
+        .caption("test accuracy against training time", ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0f64..t_max * 1.02, lo..(hi + 0.3).min(100.0))?;
     chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_desc("training wall-clock (s)")
+        .y_desc("test accuracy (%)")
+        .y_label_formatter(&|y| format!("{y:.1}"))
         .draw()?;
+    accuracy_curves(&mut chart, results, |r| {
+        r.evals.iter().map(|e| (e.0, 100.0 * e.2)).collect()
+    })?;
     root.present()?;
     Ok(())
 }

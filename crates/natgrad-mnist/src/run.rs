@@ -125,9 +125,13 @@ pub struct RunResult {
     pub median_step_ms: f64,
     /// Steps the natural gradient skipped (non-finite direction).
     pub skipped_steps: u64,
+    /// Test evaluations during training, `(train seconds, step, accuracy)` (the hand-written
+    /// loop's; empty for the Learner's runs, which evaluate once per epoch).
+    pub evals: Vec<(f64, usize, f64)>,
 }
 
-fn median(values: &[f64]) -> f64 {
+/// The median of `values` (NaN when empty).
+pub fn median(values: &[f64]) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }
@@ -204,6 +208,7 @@ pub fn run(spec: &OptimizerSpec, data: &MnistData, options: &RunOptions, dir: &P
             step_losses: r.losses.clone(),
             median_step_ms: median(&r.step_ms),
             skipped_steps: natgrad.map_or(0, |ng| ng.stats().skipped),
+            evals: Vec::new(),
         }
     })
 }

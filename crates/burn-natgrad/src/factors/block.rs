@@ -17,7 +17,7 @@ use burn::tensor::{Device, Tensor};
 use super::rows::{
     expand_rows, flatten, self_gram, slice_periodic, sum_over_t, tiled, weight_back,
 };
-use super::DataRows;
+use super::{gather, DataRows};
 
 /// Per-example factors of one parameter tensor, scaled so that its Fisher block is `UᵀU`.
 // Two tensor handles against one: not worth a Box on this cold path.
@@ -40,6 +40,16 @@ pub enum BlockFactors {
         /// `Σ_t output_grad[m, t]`, `[M, out]`.
         output_grad: Tensor<2>,
     },
+    /// An embedding table `[vocab, d]` read at integer ids: the per-example gradient is
+    /// `Σ_t e(ids[m, t]) ⊗ output_grad[m, t]` (see the `gather` products), never formed.
+    Gather {
+        /// The ids, `[M, T]`, stored as floats (exact below 2²⁴).
+        ids: Tensor<2>,
+        /// Gradients at the layer output, `[M, T, d]`.
+        output_grad: Tensor<3>,
+        /// Rows of the table (0 until the collection reads the parameter's shape).
+        vocab: usize,
+    },
     /// Any parameter: explicit per-example gradients, flattened, `[M, numel]` (the generic
     /// per-example loop produces these).
     Dense {
@@ -49,10 +59,27 @@ pub enum BlockFactors {
 }
 
 impl BlockFactors {
+    /// The factors with the parameter's shape filled in where the factors alone do not carry
+    /// it (a gather block's vocabulary, `dims[0]`).
+    pub(crate) fn with_shape(self, dims: &[usize]) -> Self {
+        match self {
+            BlockFactors::Gather {
+                ids, output_grad, ..
+            } => BlockFactors::Gather {
+                ids,
+                output_grad,
+                vocab: dims[0],
+            },
+            other => other,
+        }
+    }
+
     /// The device the factors live on.
     pub fn device(&self) -> Device {
         match self {
-            BlockFactors::Weight { output_grad, .. } => output_grad.device(),
+            BlockFactors::Weight { output_grad, .. } | BlockFactors::Gather { output_grad, .. } => {
+                output_grad.device()
+            }
             BlockFactors::Bias { output_grad } => output_grad.device(),
             BlockFactors::Dense { rows } => rows.device(),
         }
@@ -61,7 +88,9 @@ impl BlockFactors {
     /// Number of rows `M` (examples times Fisher samples).
     pub fn rows(&self) -> usize {
         match self {
-            BlockFactors::Weight { output_grad, .. } => output_grad.dims()[0],
+            BlockFactors::Weight { output_grad, .. } | BlockFactors::Gather { output_grad, .. } => {
+                output_grad.dims()[0]
+            }
             BlockFactors::Bias { output_grad } => output_grad.dims()[0],
             BlockFactors::Dense { rows } => rows.dims()[0],
         }
@@ -73,6 +102,9 @@ impl BlockFactors {
         match self {
             BlockFactors::Weight { input, output_grad } => [input.dims()[2], output_grad.dims()[2]],
             BlockFactors::Bias { output_grad } => [1, output_grad.dims()[1]],
+            BlockFactors::Gather {
+                output_grad, vocab, ..
+            } => [*vocab, output_grad.dims()[2]],
             BlockFactors::Dense { rows } => [1, rows.dims()[1]],
         }
     }
@@ -86,6 +118,15 @@ impl BlockFactors {
             },
             BlockFactors::Bias { output_grad } => BlockFactors::Bias {
                 output_grad: output_grad.mul_scalar(scale),
+            },
+            BlockFactors::Gather {
+                ids,
+                output_grad,
+                vocab,
+            } => BlockFactors::Gather {
+                ids,
+                output_grad: output_grad.mul_scalar(scale),
+                vocab,
             },
             BlockFactors::Dense { rows } => BlockFactors::Dense {
                 rows: rows.mul_scalar(scale),
@@ -103,6 +144,15 @@ impl BlockFactors {
             BlockFactors::Bias { output_grad } => BlockFactors::Bias {
                 output_grad: output_grad.slice(start..end),
             },
+            BlockFactors::Gather {
+                ids,
+                output_grad,
+                vocab,
+            } => BlockFactors::Gather {
+                ids: ids.slice(start..end),
+                output_grad: output_grad.slice(start..end),
+                vocab,
+            },
             BlockFactors::Dense { rows } => BlockFactors::Dense {
                 rows: rows.slice(start..end),
             },
@@ -118,6 +168,9 @@ impl BlockFactors {
                 sum_over_t(xx * g.clone().matmul(g.transpose()), m, m, t)
             }
             BlockFactors::Bias { output_grad: b } => b.clone().matmul(b.clone().transpose()),
+            BlockFactors::Gather {
+                ids, output_grad, ..
+            } => gather::cross(ids, output_grad, ids, output_grad),
             BlockFactors::Dense { rows } => rows.clone().matmul(rows.clone().transpose()),
         }
     }
@@ -134,6 +187,9 @@ impl BlockFactors {
                     per_row.reshape([m, t]).sum_dim(1)
                 }
             }
+            BlockFactors::Gather {
+                ids, output_grad, ..
+            } => gather::project(ids, output_grad, v),
             BlockFactors::Bias { output_grad: rows } | BlockFactors::Dense { rows } => {
                 rows.clone().matmul(v.clone().transpose())
             }
@@ -150,6 +206,11 @@ impl BlockFactors {
                     output_grad.clone() * alpha.clone().reshape([m, 1, 1]),
                 )
             }
+            BlockFactors::Gather {
+                ids,
+                output_grad,
+                vocab,
+            } => gather::back(ids, output_grad, *vocab, alpha),
             BlockFactors::Bias { output_grad: rows } | BlockFactors::Dense { rows } => {
                 alpha.clone().transpose().matmul(rows.clone())
             }
@@ -168,6 +229,11 @@ impl BlockFactors {
                     .matmul(output_grad.clone())
                     .reshape([m, d_in * d_out])
             }
+            BlockFactors::Gather {
+                ids,
+                output_grad,
+                vocab,
+            } => gather::dense_rows(ids, output_grad, *vocab),
             BlockFactors::Bias { output_grad: rows } | BlockFactors::Dense { rows } => rows.clone(),
         }
     }
@@ -180,6 +246,16 @@ impl BlockFactors {
             | (BlockFactors::Dense { rows: a }, BlockFactors::Dense { rows: b }) => {
                 a.clone().matmul(b.clone().transpose())
             }
+            (
+                BlockFactors::Gather {
+                    ids, output_grad, ..
+                },
+                BlockFactors::Gather {
+                    ids: ids2,
+                    output_grad: output_grad2,
+                    ..
+                },
+            ) => gather::cross(ids, output_grad, ids2, output_grad2),
             _ => unreachable!("weights are handled by Block::gram_and_projection"),
         }
     }

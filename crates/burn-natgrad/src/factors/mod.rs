@@ -10,6 +10,7 @@
 mod block;
 mod codec;
 mod data_rows;
+mod gather;
 pub mod products;
 mod rows;
 
@@ -104,7 +105,7 @@ impl Factors {
         if !mixed.is_empty() {
             return Err(NatGradError::MixedUse { params: mixed });
         }
-        if !uncovered.is_empty() && policy == UncoveredPolicy::Refuse {
+        if !uncovered.is_empty() && !policy.moves() {
             return Err(NatGradError::UncapturedParameters {
                 params: uncovered.into_iter().map(|u| u.path).collect(),
             });
@@ -218,7 +219,9 @@ fn view_matches(factors: &BlockFactors, dims: &[usize]) -> bool {
     let numel: usize = dims.iter().product();
     let [a, b] = factors.view_dims();
     match factors {
-        BlockFactors::Weight { .. } => dims.len() >= 2 && a == dims[0] && a * b == numel,
+        BlockFactors::Weight { .. } | BlockFactors::Gather { .. } => {
+            dims.len() >= 2 && a == dims[0] && a * b == numel
+        }
         BlockFactors::Bias { .. } => dims.len() == 1 && a == 1 && b == dims[0],
         BlockFactors::Dense { .. } => a * b == numel,
     }
@@ -270,6 +273,7 @@ impl ModuleVisitor for Collector<'_> {
             (None, Some(_)) if !self.implicit => self.orphans.push(path),
             (Some(_), Some(_)) if self.implicit => self.mixed.push(path),
             (grad, Some(factors)) => {
+                let factors = factors.with_shape(&dims);
                 if !view_matches(&factors, &dims) {
                     let view = factors.view_dims();
                     self.orphans
@@ -277,7 +281,10 @@ impl ModuleVisitor for Collector<'_> {
                     return;
                 }
                 let view = factors.view_dims();
-                let data = DataRows::lookup(param.id, self.grads, &factors);
+                let data = DataRows::lookup(param.id, self.grads, &factors).map(|d| DataRows {
+                    factors: d.factors.with_shape(&dims),
+                    ..d
+                });
                 self.blocks.push(Block {
                     id: param.id,
                     path,

@@ -12,13 +12,16 @@
 //! 3. hands each trainable parameter its [`BlockFactors`], whose matrix view is the parameter's
 //!    shape read row-major as `[shape[0], rest]`: factors for Linear's `[in, out]` weight,
 //!    explicit per-example rows for a convolution's `[out, in/groups, kh, kw]` (cheaper than its
-//!    `(N·T)²` Gram), a bias's `Σ_t output_gradₙₜ`.
+//!    `(N·T)²` Gram) and for LayerNorm's `γ`, `β`, ids and output gradients for an embedding
+//!    table (its one-hot input never formed), a bias's `Σ_t output_gradₙₜ`.
 //!
 //! The Gram, projection and back-projection algebra is shared ([`factors`](crate::factors));
 //! solvers see blocks, never layers. Adding a layer kind is one file here plus its test
 //! against the per-example loop ([`per_example_classification`](crate::per_example_classification)).
 
 pub(crate) mod conv2d;
+pub(crate) mod embedding;
+pub(crate) mod layer_norm;
 pub(crate) mod linear;
 
 use burn::module::{Param, ParamId};
@@ -71,6 +74,10 @@ pub(crate) enum Recorded {
     Linear(linear::LinearUse),
     /// A 2-D convolution.
     Conv2d(conv2d::Conv2dUse),
+    /// An embedding table.
+    Embedding(embedding::EmbeddingUse),
+    /// A layer normalisation.
+    LayerNorm(layer_norm::LayerNormUse),
 }
 
 impl Recorded {
@@ -80,6 +87,8 @@ impl Recorded {
         match self {
             Recorded::Linear(u) => u.blocks(grads),
             Recorded::Conv2d(u) => u.blocks(grads),
+            Recorded::Embedding(u) => u.blocks(grads),
+            Recorded::LayerNorm(u) => u.blocks(grads),
         }
     }
 }

@@ -6,8 +6,8 @@ use burn::nn::conv::Conv2dConfig;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::Tensor;
 use burn_natgrad::testing::{gram, Block, Factors};
+use burn_natgrad::NaturalGradientOutput;
 use burn_natgrad::{per_example_classification, Capture, FisherKind, NaturalGradientConfig};
-use burn_natgrad::{NaturalGradientOutput, SolverKind};
 
 /// The configurations the rule must cover: `(name, config, input channels, input size)`.
 fn configs() -> Vec<(&'static str, Conv2dConfig, [usize; 2])> {
@@ -102,25 +102,7 @@ fn conv2d_solvers_match_the_dense_solve() {
                 .flat_map(|i| host(factors.gradient(i)))
                 .collect();
             let expected = dense_direction(&blocks, g, damping);
-            for solver in [SolverKind::Gram, SolverKind::CgSample, SolverKind::CgParam] {
-                let ng = NaturalGradientConfig::new()
-                    .with_fisher(fisher)
-                    .with_solver(solver)
-                    .with_damping(damping)
-                    .with_cg_max_iters(300)
-                    .with_cg_tolerance(1e-9)
-                    .build();
-                let pre = ng.precondition(&model, 1.0, &out.grads).unwrap();
-                let mut got = Vec::new();
-                model.visit(&mut Gather {
-                    grads: pre.directions.as_ref().expect("a finite step"),
-                    out: &mut got,
-                });
-                let err = rel_err(&got, &expected);
-                assert!(err <= 1e-4, "{name} {fisher:?} {solver:?}: rel err {err:e}");
-            }
+            assert_solvers_match_dense(&model, &out.grads, fisher, &expected, damping, name);
         }
     }
 }
-
-use burn::module::Module;

@@ -336,3 +336,33 @@ pub fn dense_quadratic(blocks: &[&burn_natgrad::testing::Block], d: &[f64]) -> f
         })
         .sum()
 }
+
+/// Every solver's direction for `grads` against `dense` (the dense solve at `damping`,
+/// relative error ≤ 1e-4), parameters in module order.
+pub fn assert_solvers_match_dense<M: Module>(
+    model: &M,
+    grads: &burn::optim::GradientsParams,
+    fisher: burn_natgrad::FisherKind,
+    dense: &[f64],
+    damping: f64,
+    what: &str,
+) {
+    use burn_natgrad::SolverKind;
+    for solver in [SolverKind::Gram, SolverKind::CgSample, SolverKind::CgParam] {
+        let ng = burn_natgrad::NaturalGradientConfig::new()
+            .with_fisher(fisher)
+            .with_solver(solver)
+            .with_damping(damping)
+            .with_cg_max_iters(300)
+            .with_cg_tolerance(1e-9)
+            .build();
+        let pre = ng.precondition(model, 1.0, grads).unwrap();
+        let mut got = Vec::new();
+        model.visit(&mut Gather {
+            grads: pre.directions.as_ref().expect("a finite step"),
+            out: &mut got,
+        });
+        let err = rel_err(&got, dense);
+        assert!(err <= 1e-4, "{what} {fisher:?} {solver:?}: rel err {err:e}");
+    }
+}

@@ -1,0 +1,62 @@
+//! The Embedding rule: `yₙₜ = W[idₙₜ]`, a gather of the table `W` `[V, d]` at integer ids.
+//!
+//! Factors: the ids `[N, T]` and the probe's gradient `Δ` `[N, T, d]`; the per-example gradient
+//! `Σ_t e(idₙₜ) ⊗ Δₙₜ` is a one-hot product that is never formed: the shared gather products
+//! (`factors/gather.rs`) get the Gram from index equality, `Σ_{t,s} [idₙₜ = idₘₛ] Δₙₜ·Δₘₛ`, and
+//! the back-projection from a scatter-add into the table's rows.
+
+use burn::module::ParamId;
+use burn::nn::Embedding;
+use burn::tensor::{Gradients, Int, Tensor};
+
+use super::{constant, probe, require_autodiff, Recorded};
+use crate::capture::Capture;
+use crate::factors::BlockFactors;
+
+/// One use of an Embedding layer.
+#[derive(Clone, Debug)]
+pub(crate) struct EmbeddingUse {
+    weight: ParamId,
+    /// The ids as floats, `[N, T]`.
+    ids: Tensor<2>,
+    /// The probe leaf, `[N, T, d]`.
+    probe: Tensor<3>,
+}
+
+impl EmbeddingUse {
+    pub(crate) fn blocks(self, grads: &Gradients) -> Option<Vec<(ParamId, BlockFactors)>> {
+        let output_grad = self.probe.grad(grads)?;
+        let block = BlockFactors::Gather {
+            ids: self.ids,
+            output_grad,
+            vocab: 0,
+        };
+        Some(vec![(self.weight, block)])
+    }
+}
+
+impl Capture {
+    /// `layer.forward(ids)` for an Embedding read at `ids` `[N, T]` (`N` examples of `T`
+    /// tokens), recording the ids and adding a zero probe leaf to its output `[N, T, d]`. The
+    /// table enters the graph as a constant; a frozen table is not recorded. Ids must be below
+    /// 2²⁴ (they travel as floats).
+    ///
+    /// # Panics
+    /// If the capture is enabled and the ids are not on an autodiff device.
+    pub fn embedding(&mut self, layer: &Embedding, ids: Tensor<2, Int>) -> Tensor<3> {
+        if !self.enabled || !layer.weight.val().is_require_grad() {
+            return layer.forward(ids);
+        }
+        let table = layer.weight.val();
+        require_autodiff(&table, "embedding");
+        let output = burn::tensor::module::embedding(constant(table), ids.clone());
+        let probe = probe(output.dims(), &output.device());
+        let output = output + probe.clone();
+        self.records.push(Recorded::Embedding(EmbeddingUse {
+            weight: layer.weight.id,
+            ids: ids.float().inner(),
+            probe,
+        }));
+        output
+    }
+}

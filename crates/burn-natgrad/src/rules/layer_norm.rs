@@ -1,0 +1,87 @@
+//! The LayerNorm rule: `y = x̂ ⊙ γ + β` over the last axis, `x̂` the normalised input.
+//!
+//! Factors: `x̂` and the probe's gradient `Δ`, both `[N, T, d]`; the per-example gradients are
+//! `Σ_t x̂ₙₜ ⊙ Δₙₜ` for `γ` and `Σ_t Δₙₜ` for `β`, `[N, d]` each, kept as explicit rows (they
+//! are as small as the layer's output). `x̂` is recomputed by the layer's own forward pass with
+//! `γ = 1` and no `β`, so its `ε` (private to Burn's `LayerNorm`) is the layer's.
+
+use burn::module::{Param, ParamId};
+use burn::nn::LayerNorm;
+use burn::tensor::{Gradients, Tensor};
+
+use super::{constant, probe, require_autodiff, trainable, Recorded};
+use crate::capture::Capture;
+use crate::factors::BlockFactors;
+
+/// One use of a LayerNorm layer.
+#[derive(Clone, Debug)]
+pub(crate) struct LayerNormUse {
+    /// `γ`, when trainable.
+    gamma: Option<ParamId>,
+    /// `β`, when the layer has one and it is trainable.
+    beta: Option<ParamId>,
+    /// The normalised input, without autodiff, `[N, T, d]`.
+    normalised: Tensor<3>,
+    /// The probe leaf, `[N, T, d]`.
+    probe: Tensor<3>,
+}
+
+impl LayerNormUse {
+    pub(crate) fn blocks(self, grads: &Gradients) -> Option<Vec<(ParamId, BlockFactors)>> {
+        let delta = self.probe.grad(grads)?;
+        let [n, _, d] = delta.dims();
+        let mut blocks = Vec::new();
+        if let Some(gamma) = self.gamma {
+            let rows = (self.normalised * delta.clone()).sum_dim(1).reshape([n, d]);
+            blocks.push((gamma, BlockFactors::Dense { rows }));
+        }
+        if let Some(beta) = self.beta {
+            let rows = delta.sum_dim(1).reshape([n, d]);
+            blocks.push((beta, BlockFactors::Dense { rows }));
+        }
+        Some(blocks)
+    }
+}
+
+impl Capture {
+    /// `layer.forward(input)` for a LayerNorm over the last axis of `[N, …, d]` input, recording
+    /// the normalised input and adding a zero probe leaf to its output. As for
+    /// [`linear`](Self::linear): `γ` and `β` enter the graph as constants, a frozen one gets no
+    /// factors, a layer with neither trainable is not recorded.
+    ///
+    /// # Panics
+    /// If the capture is enabled and `input` has rank 1 or is not on an autodiff device.
+    pub fn layer_norm<const D: usize>(&mut self, layer: &LayerNorm, input: Tensor<D>) -> Tensor<D> {
+        if !self.enabled {
+            return layer.forward(input);
+        }
+        assert!(D >= 2, "Capture::layer_norm needs an example dimension");
+        require_autodiff(&input, "layer_norm");
+        let (gamma, beta) = trainable(&layer.gamma, &layer.beta);
+        if gamma.is_none() && beta.is_none() {
+            return layer.forward(input);
+        }
+        let dims = input.dims();
+        let (n, d) = (dims[0], dims[D - 1]);
+        let t: usize = dims[1..D - 1].iter().product();
+        // The layer's own normalisation, with γ = 1 and no β: x̂ with the layer's ε.
+        let mut normaliser = layer.clone();
+        normaliser.gamma =
+            Param::from_tensor(layer.gamma.val().ones_like().detach()).set_require_grad(false);
+        normaliser.beta = None;
+        let normalised = normaliser.forward(input);
+        let mut output = normalised.clone() * constant(layer.gamma.val()).unsqueeze();
+        if let Some(b) = &layer.beta {
+            output = output + constant(b.val()).unsqueeze();
+        }
+        let probe = probe([n, t, d], &output.device());
+        let output = output + probe.clone().reshape(dims);
+        self.records.push(Recorded::LayerNorm(LayerNormUse {
+            gamma,
+            beta,
+            normalised: normalised.inner().reshape([n, t, d]),
+            probe,
+        }));
+        output
+    }
+}

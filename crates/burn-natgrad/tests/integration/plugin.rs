@@ -1,0 +1,207 @@
+//! The drop-in layers on Burn's guide model (two Conv2d, BatchNorm, Dropout, two Linear): a
+//! model switched to them keeps its record, its forward pass is unchanged, `train_step` records
+//! every layer through the model's own forward pass, and it trains with the BatchNorm moved by
+//! the damped gradient.
+
+use crate::common::*;
+use burn::module::Module;
+use burn::nn::conv::Conv2dConfig;
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, LinearConfig, Relu};
+use burn::tensor::{Device, Tensor};
+use burn_natgrad::testing::Factors;
+use burn_natgrad::{nn, Capture, NaturalGradientConfig, UncoveredPolicy};
+
+/// Burn's guide model with a BatchNorm after the first convolution, in Burn's own layers.
+#[derive(Module, Debug)]
+struct BurnGuide {
+    conv1: burn::nn::conv::Conv2d,
+    bn: BatchNorm,
+    conv2: burn::nn::conv::Conv2d,
+    pool: AdaptiveAvgPool2d,
+    dropout: Dropout,
+    linear1: burn::nn::Linear,
+    linear2: burn::nn::Linear,
+    activation: Relu,
+}
+
+/// The same model with the drop-in layers: the only change is the layer types.
+#[derive(Module, Debug)]
+struct Guide {
+    conv1: nn::Conv2d,
+    bn: BatchNorm,
+    conv2: nn::Conv2d,
+    pool: AdaptiveAvgPool2d,
+    dropout: Dropout,
+    linear1: nn::Linear,
+    linear2: nn::Linear,
+    activation: Relu,
+}
+
+fn burn_guide(dropout: f64, device: &Device) -> BurnGuide {
+    device.seed(11);
+    BurnGuide {
+        conv1: Conv2dConfig::new([1, 4], [3, 3]).init(device),
+        bn: BatchNormConfig::new(4).init(device),
+        conv2: Conv2dConfig::new([4, 6], [3, 3]).init(device),
+        pool: AdaptiveAvgPool2dConfig::new([4, 4]).init(),
+        dropout: DropoutConfig::new(dropout).init(),
+        linear1: LinearConfig::new(6 * 4 * 4, 16).init(device),
+        linear2: LinearConfig::new(16, 3).init(device),
+        activation: Relu::new(),
+    }
+}
+
+/// The guide's forward pass, written once for both models.
+macro_rules! guide_forward {
+    ($m:expr, $images:expr) => {{
+        let m = $m;
+        let [n, h, w] = $images.dims();
+        let x = $images.reshape([n, 1, h, w]);
+        let x = m.bn.forward(m.conv1.forward(x));
+        let x = m.dropout.forward(x);
+        let x = m.conv2.forward(x);
+        let x = m.activation.forward(m.dropout.forward(x));
+        let x = m.pool.forward(x).reshape([n, 6 * 4 * 4]);
+        let x = m
+            .activation
+            .forward(m.dropout.forward(m.linear1.forward(x)));
+        m.linear2.forward(x)
+    }};
+}
+
+impl BurnGuide {
+    fn forward(&self, images: Tensor<3>) -> Tensor<2> {
+        guide_forward!(self, images)
+    }
+}
+
+impl Guide {
+    fn forward(&self, images: Tensor<3>) -> Tensor<2> {
+        guide_forward!(self, images)
+    }
+}
+
+/// A record saved from Burn's layers loads into the drop-in model, and both compute the same.
+#[test]
+fn drop_in_layers_keep_the_record_and_the_forward_pass() {
+    for (name, device) in backends() {
+        let burn_model = burn_guide(0.0, &device);
+        let x = tensor(3, [5, 10, 10], 1.0, &device);
+        let expected = host(burn_model.forward(x.clone()));
+        device.seed(99);
+        let fresh = Guide {
+            conv1: Conv2dConfig::new([1, 4], [3, 3]).init(&device).into(),
+            bn: BatchNormConfig::new(4).init(&device),
+            conv2: Conv2dConfig::new([4, 6], [3, 3]).init(&device).into(),
+            pool: AdaptiveAvgPool2dConfig::new([4, 4]).init(),
+            dropout: DropoutConfig::new(0.0).init(),
+            linear1: LinearConfig::new(6 * 4 * 4, 16).init(&device).into(),
+            linear2: LinearConfig::new(16, 3).init(&device).into(),
+            activation: Relu::new(),
+        };
+        assert!(rel_err(&host(fresh.forward(x.clone())), &expected) > 1e-3);
+        let loaded = fresh.load_record(burn_model.clone().into_record());
+        let got = host(loaded.forward(x.clone()));
+        assert!(
+            rel_err(&got, &expected) <= 1e-6,
+            "{name}: record not loaded"
+        );
+        assert_eq!(loaded.num_params(), burn_model.num_params());
+        // Inside a capture scope the output is the same, and all four layers are recorded.
+        let (cap, out) = Capture::new().scope(|| loaded.forward(x.clone()));
+        assert_eq!(cap.len(), 4, "{name}");
+        assert!(rel_err(&host(out), &expected) <= 1e-6, "{name}");
+        // The scope is over: nothing more is recorded.
+        let _ = loaded.forward(x);
+    }
+}
+
+/// `train_step` on the model's own forward pass gives the same factors as routing each layer
+/// through the capture by hand, and refuses the BatchNorm unless the policy moves it.
+#[test]
+fn train_step_records_the_models_own_forward_pass() {
+    for (name, device) in backends() {
+        let model = Guide::from_burn(burn_guide(0.0, &device));
+        let x = tensor(4, [6, 10, 10], 1.0, &device);
+        let y = labels(5, 6, 3, &device);
+        let refuse = NaturalGradientConfig::new().build();
+        let (capture, xc) = refuse.capture(x.clone());
+        let (capture, logits) = capture.scope(|| model.forward(xc));
+        let err = refuse
+            .try_classification(&model, capture, logits, y.clone())
+            .unwrap_err();
+        assert!(err.to_string().contains("bn.gamma"), "{name}: {err}");
+
+        let ng = NaturalGradientConfig::new()
+            .with_uncovered(UncoveredPolicy::DampedGradient)
+            .build();
+        let out = ng.train_step(&model, x.clone(), y.clone(), |x| model.forward(x));
+        let by_hand = {
+            let (mut cap, xc) = ng.capture(x);
+            let [n, h, w] = xc.dims();
+            let m = &model;
+            let h1 = m.bn.forward(cap.conv2d(&m.conv1, xc.reshape([n, 1, h, w])));
+            let h2 = m.activation.forward(cap.conv2d(&m.conv2, h1));
+            let h3 = m.pool.forward(h2).reshape([n, 6 * 4 * 4]);
+            let h4 = m.activation.forward(cap.linear(&m.linear1, h3));
+            let logits = cap.linear(&m.linear2, h4);
+            ng.try_classification(&model, cap, logits, y).unwrap()
+        };
+        let policy = UncoveredPolicy::DampedGradient;
+        let a = Factors::collect(&model, &out.grads, policy).unwrap();
+        let b = Factors::collect(&model, &by_hand.grads, policy).unwrap();
+        assert_blocks_match(&a, &b, name);
+        assert_eq!(
+            a.blocks.len(),
+            8,
+            "{name}: conv and linear weights and biases"
+        );
+        assert_eq!(a.uncovered.len(), 2, "{name}: bn.gamma and bn.beta");
+    }
+}
+
+/// A few natural-gradient steps with dropout and a training-mode BatchNorm lower the loss.
+#[test]
+fn the_guide_model_trains_with_the_natural_gradient() {
+    for (name, device) in backends() {
+        let mut model = Guide::from_burn(burn_guide(0.1, &device));
+        let (ng, mut optim) = NaturalGradientConfig::new()
+            .with_damping(1.0)
+            .with_uncovered(UncoveredPolicy::DampedGradient)
+            .init();
+        let x = tensor(6, [16, 10, 10], 1.0, &device);
+        let y = labels(7, 16, 3, &device);
+        let loss = |model: &Guide| {
+            host(
+                ng.train_step(model, x.clone(), y.clone(), |x| model.forward(x))
+                    .loss,
+            )[0]
+        };
+        let first = loss(&model);
+        for _ in 0..15 {
+            let out = ng.train_step(&model, x.clone(), y.clone(), |x| model.forward(x));
+            model = ng.step(&mut optim, 1.0, model, out.grads);
+        }
+        let last = loss(&model);
+        assert_eq!(ng.stats().skipped, 0, "{name}");
+        println!("{name}: loss {first:.4} → {last:.4}");
+        assert!(last < 0.5 * first, "{name}: loss {first:.4} → {last:.4}");
+    }
+}
+
+impl Guide {
+    /// The drop-in model with the weights of Burn's.
+    fn from_burn(m: BurnGuide) -> Self {
+        Guide {
+            conv1: m.conv1.into(),
+            bn: m.bn,
+            conv2: m.conv2.into(),
+            pool: m.pool,
+            dropout: m.dropout,
+            linear1: m.linear1.into(),
+            linear2: m.linear2.into(),
+            activation: m.activation,
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Burn's guide model (`examples/guide` in the Burn repository: two Conv2d, Dropout, two
+//! Linear), switched to the natural gradient by changing the layer types and adding the
+//! `TrainStep` glue, with an optional BatchNorm after the first convolution. The forward pass
+//! is the guide's own, and the record is Burn's. README shows the part between the markers.
+
+// README:begin
+use burn::module::Module;
+use burn::nn::conv::Conv2dConfig;
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, LinearConfig, Relu};
+use burn::tensor::{Device, Tensor};
+use burn::train::{ClassificationOutput, TrainOutput, TrainStep};
+use burn_natgrad::nn::{Conv2d, Linear}; // instead of burn::nn's
+use burn_natgrad::NaturalGradient;
+
+use crate::data::{MnistBatch, SIDE};
+
+/// The guide's CNN, `[N, 784]` pixels to 10 logits.
+#[derive(Module, Debug)]
+pub struct GuideCnn {
+    conv1: Conv2d,
+    bn: Option<BatchNorm>,
+    conv2: Conv2d,
+    pool: AdaptiveAvgPool2d,
+    dropout: Dropout,
+    linear1: Linear,
+    linear2: Linear,
+    activation: Relu,
+    /// The natural gradient, for `TrainStep` (not saved with the weights).
+    #[module(skip)]
+    pub natgrad: Option<NaturalGradient>,
+}
+
+impl GuideCnn {
+    /// Burn's default initialisation, seeded on `device`; the guide's hidden width is 512 and
+    /// its dropout 0.5; `batch_norm` adds the BatchNorm after the first convolution.
+    pub fn new(hidden: usize, dropout: f64, batch_norm: bool, seed: u64, device: &Device) -> Self {
+        device.seed(seed);
+        Self {
+            conv1: Conv2dConfig::new([1, 8], [3, 3]).init(device).into(),
+            bn: batch_norm.then(|| BatchNormConfig::new(8).init(device)),
+            conv2: Conv2dConfig::new([8, 16], [3, 3]).init(device).into(),
+            pool: AdaptiveAvgPool2dConfig::new([8, 8]).init(),
+            dropout: DropoutConfig::new(dropout).init(),
+            linear1: LinearConfig::new(16 * 8 * 8, hidden).init(device).into(),
+            linear2: LinearConfig::new(hidden, 10).init(device).into(),
+            activation: Relu::new(),
+            natgrad: None,
+        }
+    }
+
+    /// Logits `[N, 10]` of flattened images `[N, 784]`.
+    pub fn forward(&self, images: Tensor<2>) -> Tensor<2> {
+        let [n, _] = images.dims();
+        let x = images.reshape([n, 1, SIDE, SIDE]);
+        let x = self.conv1.forward(x);
+        let x = match &self.bn {
+            Some(bn) => bn.forward(x),
+            None => x,
+        };
+        let x = self.dropout.forward(x);
+        let x = self.conv2.forward(x);
+        let x = self.dropout.forward(x);
+        let x = self.activation.forward(x);
+        let x = self.pool.forward(x).reshape([n, 16 * 8 * 8]);
+        let x = self.linear1.forward(x);
+        let x = self.dropout.forward(x);
+        let x = self.activation.forward(x);
+        self.linear2.forward(x)
+    }
+}
+
+impl TrainStep for GuideCnn {
+    type Input = MnistBatch;
+    type Output = ClassificationOutput;
+
+    fn step(&self, batch: MnistBatch) -> TrainOutput<ClassificationOutput> {
+        let ng = self.natgrad.as_ref().expect("a NaturalGradient");
+        let targets = batch.targets.clone();
+        ng.train_step(self, batch.images, batch.targets, |x| self.forward(x))
+            .into_train_output(targets)
+    }
+
+    burn_natgrad::natural_gradient_optimize!(natgrad);
+}
+// README:end
+
+impl burn::train::InferenceStep for GuideCnn {
+    type Input = MnistBatch;
+    type Output = ClassificationOutput;
+
+    fn step(&self, batch: MnistBatch) -> ClassificationOutput {
+        let logits = self.forward(batch.images);
+        let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(&logits.device())
+            .forward(logits.clone(), batch.targets.clone());
+        ClassificationOutput::new(loss, logits, batch.targets)
+    }
+}

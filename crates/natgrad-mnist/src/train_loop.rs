@@ -1,0 +1,157 @@
+//! The CNN's runs: a hand-written training loop (as in Burn's `custom-training-loop` example),
+//! which evaluates the test accuracy several times per epoch against the training wall-clock,
+//! so that time-to-accuracy can be compared, not only steps.
+
+use std::time::Instant;
+
+use burn::data::dataloader::batcher::Batcher;
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::Device;
+
+use crate::cnn::GuideCnn;
+use burn::data::dataset::vision::MnistItem;
+
+use crate::data::{MnistBatcher, MnistData};
+use crate::run::{median, EpochResult, OptimizerSpec, RunResult};
+
+/// Settings of a CNN run.
+#[derive(Clone, Debug)]
+pub struct LoopOptions {
+    /// Epochs.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Hidden width of the first Linear layer.
+    pub hidden: usize,
+    /// Dropout probability.
+    pub dropout: f64,
+    /// A BatchNorm after the first convolution.
+    pub batch_norm: bool,
+    /// Seed of the initial weights and of the data order.
+    pub seed: u64,
+    /// Test evaluations per epoch (the last at the epoch's end).
+    pub evals_per_epoch: usize,
+    /// The autodiff device to train on.
+    pub device: Device,
+    /// Print a line per evaluation.
+    pub verbose: bool,
+}
+
+/// `data` in a seeded random order (a 64-bit LCG Fisher–Yates shuffle).
+fn shuffled(len: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    let mut s = seed ^ 0x9e37_79b9_7f4a_7c15;
+    for i in (1..len).rev() {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let j = ((s >> 33) as usize) % (i + 1);
+        order.swap(i, j);
+    }
+    order
+}
+
+/// Test accuracy of `model` (inference mode, batches of 1000).
+fn accuracy(model: &GuideCnn, test: &[MnistItem], device: &Device) -> f64 {
+    let model = model.valid();
+    let device = device.clone().inner();
+    let mut correct = 0usize;
+    for chunk in test.chunks(1000) {
+        let batch = MnistBatcher.batch(chunk.to_vec(), &device);
+        let n = chunk.len();
+        let predicted = model.forward(batch.images).argmax(1).reshape([n]);
+        correct += predicted
+            .equal(batch.targets)
+            .int()
+            .sum()
+            .into_scalar::<i64>() as usize;
+    }
+    correct as f64 / test.len().max(1) as f64
+}
+
+/// Trains a fresh CNN with `spec`; the result's `evals` hold `(train seconds, step, accuracy)`.
+pub fn train_cnn(spec: &OptimizerSpec, data: &MnistData, options: &LoopOptions) -> RunResult {
+    let device = &options.device;
+    let mut model = GuideCnn::new(
+        options.hidden,
+        options.dropout,
+        options.batch_norm,
+        options.seed,
+        device,
+    );
+    let (natgrad, mut optim): (_, ModuleOptimizer) = match spec {
+        OptimizerSpec::Ngd { config, .. } => {
+            let ng = config.build();
+            let optim = ng.module_optimizer();
+            (Some(ng), optim)
+        }
+        OptimizerSpec::Sgd { .. } => (None, SgdConfig::new().init()),
+        OptimizerSpec::Adam { .. } => (None, AdamConfig::new().init()),
+    };
+    let lr = spec.lr();
+    let steps_per_epoch = data.train.len().div_ceil(options.batch_size);
+    let every = steps_per_epoch.div_ceil(options.evals_per_epoch.max(1));
+    let (mut losses, mut step_ms, mut evals, mut epochs) = (vec![], vec![], vec![], vec![]);
+    let mut seconds = 0.0;
+    for epoch in 0..options.epochs {
+        let order = shuffled(data.train.len(), options.seed.wrapping_add(epoch as u64));
+        let start = losses.len();
+        for (i, chunk) in order.chunks(options.batch_size).enumerate() {
+            let items = chunk.iter().map(|&k| data.train[k].clone()).collect();
+            let batch = MnistBatcher.batch(items, device);
+            let t = Instant::now();
+            let loss = match &natgrad {
+                Some(ng) => {
+                    let out =
+                        ng.train_step(&model, batch.images, batch.targets, |x| model.forward(x));
+                    let loss = out.loss.clone();
+                    model = ng.step(&mut optim, lr, model, out.grads);
+                    loss
+                }
+                None => {
+                    let logits = model.forward(batch.images);
+                    let loss = CrossEntropyLossConfig::new()
+                        .init(&logits.device())
+                        .forward(logits, batch.targets);
+                    let grads = GradientsParams::from_grads(loss.backward(), &model);
+                    model = optim.step(lr, model, grads);
+                    loss.inner()
+                }
+            };
+            let loss = loss.into_scalar::<f64>();
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            seconds += ms / 1e3;
+            losses.push(loss);
+            step_ms.push(ms);
+            if (i + 1) % every == 0 || i + 1 == steps_per_epoch {
+                let acc = accuracy(&model, &data.test, device);
+                evals.push((seconds, losses.len(), acc));
+                if options.verbose {
+                    eprintln!(
+                        "{}: epoch {} step {}/{steps_per_epoch}: test accuracy {:.2}% after {seconds:.1} s",
+                        spec.name(),
+                        epoch + 1,
+                        i + 1,
+                        100.0 * acc
+                    );
+                }
+            }
+        }
+        let epoch_losses = &losses[start..];
+        epochs.push(EpochResult {
+            epoch: epoch + 1,
+            test_accuracy: evals.last().map_or(f64::NAN, |e| e.2),
+            train_loss: epoch_losses.iter().sum::<f64>() / epoch_losses.len().max(1) as f64,
+        });
+    }
+    RunResult {
+        spec: spec.clone(),
+        epochs,
+        step_losses: losses,
+        median_step_ms: median(&step_ms),
+        skipped_steps: natgrad.map_or(0, |ng| ng.stats().skipped),
+        evals,
+    }
+}
