@@ -85,6 +85,7 @@ impl Guide {
 /// A record saved from Burn's layers loads into the drop-in model, and both compute the same.
 #[test]
 fn drop_in_layers_keep_the_record_and_the_forward_pass() {
+    let _rng = rng_lock();
     for (name, device) in backends() {
         let burn_model = burn_guide(0.0, &device);
         let x = tensor(3, [5, 10, 10], 1.0, &device);
@@ -121,6 +122,7 @@ fn drop_in_layers_keep_the_record_and_the_forward_pass() {
 /// through the capture by hand, and refuses the BatchNorm unless the policy moves it.
 #[test]
 fn train_step_records_the_models_own_forward_pass() {
+    let _rng = rng_lock();
     for (name, device) in backends() {
         let model = Guide::from_burn(burn_guide(0.0, &device));
         let x = tensor(4, [6, 10, 10], 1.0, &device);
@@ -164,6 +166,7 @@ fn train_step_records_the_models_own_forward_pass() {
 /// A few natural-gradient steps with dropout and a training-mode BatchNorm lower the loss.
 #[test]
 fn the_guide_model_trains_with_the_natural_gradient() {
+    let _rng = rng_lock();
     for (name, device) in backends() {
         let mut model = Guide::from_burn(burn_guide(0.1, &device));
         let (ng, mut optim) = NaturalGradientConfig::new()
