@@ -2,7 +2,8 @@
 //! natural gradient against tuned SGD and Adam, through Burn's Learner.
 //!
 //! ```text
-//! cargo run --release --example mnist -- --data-dir ../shared/data/mnist
+//! cargo run --release --example mnist
+//! cargo run --release --example mnist -- --data-dir DIR
 //! cargo run --release --example mnist -- --help
 //! ```
 
@@ -17,7 +18,7 @@ use natgrad_mnist::{plot, results_csv, results_table, run, OptimizerSpec, RunOpt
 
 #[path = "shared/cli.rs"]
 mod cli;
-use cli::{device, load_data, Common, ADAM_GRID, SGD_GRID};
+use cli::{device, load_data, Checks, Common, ADAM_GRID, SGD_GRID};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Opt {
@@ -46,7 +47,7 @@ enum Solver {
 
 /// Natural gradient vs SGD vs Adam on MNIST (MLP 784-H-10), through Burn's Learner.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, allow_negative_numbers = true)]
 struct Args {
     /// Optimizers to run, one after another on the same data order and seed (repeatable).
     #[arg(long = "optimizer", value_enum, default_values_t = [Opt::All])]
@@ -149,8 +150,39 @@ fn ngd_config(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpe
     OptimizerSpec::Ngd { config, lr }
 }
 
+/// Every numeric option and the output folder, before anything is loaded.
+fn check(args: &Args) -> Result<(), String> {
+    let mut checks = Checks::default();
+    checks
+        .at_least_one("batch-size", args.batch_size)
+        .at_least_one("hidden", args.hidden)
+        .at_least_one("samples", args.samples)
+        .positive("sgd-lr", args.sgd_lr)
+        .positive("adam-lr", args.adam_lr);
+    if let Some(m) = args.curvature_batch {
+        checks.at_least_one("curvature-batch", m);
+    }
+    if let Some(lr) = args.lr {
+        checks.positive("lr", lr);
+    }
+    if let Some(damping) = args.damping {
+        checks.positive("damping", damping);
+    }
+    if let Some(kl) = args.kl_max {
+        checks.non_negative("kl-max", kl);
+    }
+    if let Some(m) = args.momentum {
+        checks.fraction("momentum", m);
+    }
+    checks.finish(&args.common, &args.out)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(e) = check(&args) {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
     let data = match load_data(&args.common) {
         Ok(data) => data,
         Err(e) => {

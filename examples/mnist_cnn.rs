@@ -3,7 +3,8 @@
 //! the test accuracy several times per epoch against the training wall-clock.
 //!
 //! ```text
-//! cargo run --release --example mnist_cnn -- --data-dir ../shared/data/mnist
+//! cargo run --release --features flex --example mnist_cnn -- --backend flex
+//! cargo run --release --features flex --example mnist_cnn -- --backend flex --data-dir DIR
 //! cargo run --release --example mnist_cnn -- --help
 //! ```
 
@@ -17,7 +18,7 @@ use natgrad_mnist::{plot, results_csv, results_table, train_cnn, LoopOptions, Op
 
 #[path = "shared/cli.rs"]
 mod cli;
-use cli::{device, load_data, Common, ADAM_GRID, SGD_GRID};
+use cli::{device, load_data, Checks, Common, ADAM_GRID, SGD_GRID};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Opt {
@@ -29,7 +30,7 @@ enum Opt {
 
 /// Natural gradient vs SGD vs Adam on MNIST (Burn's guide CNN), in a hand-written loop.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, allow_negative_numbers = true)]
 struct Args {
     /// Optimizers to run, one after another on the same data order and seed (repeatable).
     #[arg(long = "optimizer", value_enum, default_values_t = [Opt::All])]
@@ -110,8 +111,32 @@ fn ngd(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpec {
     OptimizerSpec::Ngd { config, lr }
 }
 
+/// Every numeric option and the output folder, before anything is loaded.
+fn check(args: &Args) -> Result<(), String> {
+    let mut checks = Checks::default();
+    checks
+        .at_least_one("batch-size", args.batch_size)
+        .at_least_one("hidden", args.hidden)
+        .at_least_one("evals-per-epoch", args.evals_per_epoch)
+        .positive("lr", args.lr)
+        .positive("damping", args.damping)
+        .positive("sgd-lr", args.sgd_lr)
+        .positive("adam-lr", args.adam_lr)
+        .fraction("momentum", args.momentum)
+        .fraction("dropout", args.dropout)
+        .non_negative("bn-scale", args.bn_scale);
+    if let Some(m) = args.curvature_batch {
+        checks.at_least_one("curvature-batch", m);
+    }
+    checks.finish(&args.common, &args.out)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(e) = check(&args) {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
     let data = match load_data(&args.common) {
         Ok(data) => data,
         Err(e) => {

@@ -82,3 +82,68 @@ pub fn load_data(common: &Common) -> Result<MnistData, String> {
     }
     Ok(data)
 }
+
+/// The command line's values checked before anything runs: every problem is named, and the
+/// caller exits with code 2.
+#[derive(Default)]
+pub struct Checks(Vec<String>);
+
+impl Checks {
+    /// `--name` must be at least 1.
+    pub fn at_least_one(&mut self, name: &str, value: usize) -> &mut Self {
+        if value == 0 {
+            self.0.push(format!("--{name} must be at least 1, got 0"));
+        }
+        self
+    }
+
+    /// `--name` must be a finite number > 0.
+    pub fn positive(&mut self, name: &str, value: f64) -> &mut Self {
+        if !(value.is_finite() && value > 0.0) {
+            self.0
+                .push(format!("--{name} must be a finite number > 0, got {value}"));
+        }
+        self
+    }
+
+    /// `--name` must be a finite number ≥ 0.
+    pub fn non_negative(&mut self, name: &str, value: f64) -> &mut Self {
+        if !(value.is_finite() && value >= 0.0) {
+            self.0.push(format!(
+                "--{name} must be a finite number >= 0, got {value}"
+            ));
+        }
+        self
+    }
+
+    /// `--name` must lie in `[0, 1)`.
+    pub fn fraction(&mut self, name: &str, value: f64) -> &mut Self {
+        if !(0.0..1.0).contains(&value) {
+            self.0
+                .push(format!("--{name} must lie in [0, 1), got {value}"));
+        }
+        self
+    }
+
+    /// The common options, and `out` must be a folder this program can write into (created if
+    /// missing). The error lists every problem, one per line.
+    pub fn finish(&mut self, common: &Common, out: &std::path::Path) -> Result<(), String> {
+        self.at_least_one("epochs", common.epochs);
+        if let Some(limit) = common.limit {
+            self.at_least_one("limit", limit);
+        }
+        let probe = out.join(".natgrad-write-check");
+        let writable = std::fs::create_dir_all(out)
+            .and_then(|_| std::fs::write(&probe, b""))
+            .and_then(|_| std::fs::remove_file(&probe));
+        if let Err(e) = writable {
+            self.0
+                .push(format!("--out {}: cannot write there ({e})", out.display()));
+        }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("error: {}", self.0.join("\nerror: ")))
+        }
+    }
+}

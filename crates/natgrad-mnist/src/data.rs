@@ -94,7 +94,7 @@ impl fmt::Display for DataError {
                 f,
                 "could not download MNIST into burn-dataset's cache {} ({reason}). Without \
                  network access, pass --data-dir DIR (or set MNIST_DIR) pointing at a folder with \
-                 the four IDX files, gzipped or raw (e.g. ../shared/data/mnist)",
+                 the four IDX files, gzipped or raw",
                 cache.display()
             ),
         }

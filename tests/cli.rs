@@ -1,0 +1,117 @@
+//! Every bad value of the MNIST examples' command lines gets one clear message and exit code 2
+//! before anything is loaded or trained, never a backtrace. Runs the example binaries that
+//! `cargo test` builds beside this test.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// `target/<profile>/examples/<name>`, next to this test's `deps/` folder.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+    dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
+
+fn refused(name: &str, args: &[&str], expect: &str) {
+    let out = Command::new(example(name))
+        .args(args)
+        .env_remove("MNIST_DIR")
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", example(name).display()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{name} {args:?}: {stderr}");
+    assert!(
+        stderr.contains(expect) && !stderr.contains("panicked"),
+        "{name} {args:?}: expected `{expect}` in: {stderr}"
+    );
+}
+
+#[test]
+fn bad_values_of_the_mlp_example_are_refused() {
+    let out = std::env::temp_dir().join(format!("natgrad-cli-{}", std::process::id()));
+    let out = out.to_str().unwrap();
+    for (args, expect) in [
+        (vec!["--batch-size", "0"], "--batch-size must be at least 1"),
+        (vec!["--hidden", "0"], "--hidden must be at least 1"),
+        (vec!["--epochs", "0"], "--epochs must be at least 1"),
+        (vec!["--limit", "0"], "--limit must be at least 1"),
+        (vec!["--samples", "0"], "--samples must be at least 1"),
+        (
+            vec!["--curvature-batch", "0"],
+            "--curvature-batch must be at least 1",
+        ),
+        (
+            vec!["--lr", "nan"],
+            "--lr must be a finite number > 0, got NaN",
+        ),
+        (vec!["--lr", "-1"], "--lr must be a finite number > 0"),
+        (
+            vec!["--sgd-lr", "0"],
+            "--sgd-lr must be a finite number > 0",
+        ),
+        (
+            vec!["--adam-lr", "inf"],
+            "--adam-lr must be a finite number > 0",
+        ),
+        (
+            vec!["--damping", "0"],
+            "--damping must be a finite number > 0",
+        ),
+        (vec!["--momentum", "1.5"], "--momentum must lie in [0, 1)"),
+        (
+            vec!["--kl-max", "-1"],
+            "--kl-max must be a finite number >= 0",
+        ),
+        (
+            vec!["--batch-size", "x"],
+            "invalid value 'x' for '--batch-size",
+        ),
+    ] {
+        let mut all = vec!["--out", out];
+        all.extend(args);
+        refused("mnist", &all, expect);
+    }
+    // Two problems at once: both named.
+    refused(
+        "mnist",
+        &["--out", out, "--hidden", "0", "--lr", "nan"],
+        "--hidden",
+    );
+    refused(
+        "mnist",
+        &["--out", out, "--hidden", "0", "--lr", "nan"],
+        "--lr",
+    );
+    refused(
+        "mnist",
+        &["--out", "/proc/natgrad-out"],
+        "--out /proc/natgrad-out: cannot write",
+    );
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
+fn bad_values_of_the_cnn_example_are_refused() {
+    let out = std::env::temp_dir().join(format!("natgrad-cli-cnn-{}", std::process::id()));
+    let out = out.to_str().unwrap();
+    for (args, expect) in [
+        (vec!["--batch-size", "0"], "--batch-size must be at least 1"),
+        (
+            vec!["--evals-per-epoch", "0"],
+            "--evals-per-epoch must be at least 1",
+        ),
+        (vec!["--dropout", "1"], "--dropout must lie in [0, 1)"),
+        (
+            vec!["--bn-scale", "nan"],
+            "--bn-scale must be a finite number >= 0",
+        ),
+        (vec!["--lr", "nan"], "--lr must be a finite number > 0"),
+        (vec!["--momentum", "-0.1"], "--momentum must lie in [0, 1)"),
+        (vec!["--limit", "0"], "--limit must be at least 1"),
+    ] {
+        let mut all = vec!["--out", out];
+        all.extend(args);
+        refused("mnist_cnn", &all, expect);
+    }
+    let _ = std::fs::remove_dir_all(out);
+}
