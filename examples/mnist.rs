@@ -32,6 +32,8 @@ enum Opt {
 enum Fisher {
     Empirical,
     Sampled,
+    /// The exact Fisher of the softmax (one √p-weighted row per class and example).
+    Exact,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -115,7 +117,7 @@ const NGD_GRID: [(f64, f64, f64); 5] = [
 fn ngd_defaults(fisher: Fisher) -> (f64, f64, f64, f64) {
     match fisher {
         Fisher::Empirical => (5.0, 5.0, 0.7, 0.0),
-        Fisher::Sampled => (1.0, 1.0, 0.0, 0.01),
+        Fisher::Sampled | Fisher::Exact => (1.0, 1.0, 0.0, 0.01),
     }
 }
 
@@ -131,6 +133,7 @@ fn ngd_config(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpe
             Fisher::Sampled => FisherKind::Sampled {
                 samples: args.samples,
             },
+            Fisher::Exact => FisherKind::Exact { classes: 10 },
         })
         .with_solver(match args.solver {
             Solver::Gram => SolverKind::Gram,

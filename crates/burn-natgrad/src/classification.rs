@@ -15,7 +15,9 @@ use burn::train::{ClassificationOutput, TrainOutput};
 use crate::capture::Capture;
 use crate::error::NatGradError;
 use crate::factors::{gradient_weight_id, BlockFactors, DataRows, Factors};
-use crate::fisher::{check_targets, cross_entropy_rows, fisher_scale, labels_for, FisherKind};
+use crate::fisher::{
+    check_targets, cross_entropy_rows, fisher_scale, labels_for, row_weights, FisherKind,
+};
 use crate::optimizer::NaturalGradient;
 
 /// What [`NaturalGradient::classification`] returns: the data loss and logits for metrics, and
@@ -86,8 +88,10 @@ impl NaturalGradient {
     /// capture computes a layer whose input carries no gradient (the first) on the `N` rows of
     /// the batch only, and copies its output rows for the copies.
     pub fn capture<const D: usize>(&self, input: Tensor<D>) -> (Capture, Tensor<D>) {
-        let FisherKind::Sampled { samples } = self.config.fisher else {
-            return (Capture::new(), input);
+        let samples = match self.config.fisher {
+            FisherKind::Empirical => return (Capture::new(), input),
+            FisherKind::Sampled { samples } => samples,
+            FisherKind::Exact { classes } => classes,
         };
         let n = input.dims()[0];
         let m = self.curvature_rows(n);
@@ -138,6 +142,14 @@ impl NaturalGradient {
             n + (kind.copies() - 1) * self.curvature_rows(n)
         })?;
         let m = self.curvature_rows(n);
+        if let FisherKind::Exact { classes: c } = kind {
+            if c != classes {
+                return Err(NatGradError::InvalidInput(format!(
+                    "FisherKind::Exact {{ classes: {c} }} but the logits have {classes} columns: \
+                     the exact Fisher is that of a softmax over the logits' width"
+                )));
+            }
+        }
         if !capture.is_enabled() || capture.is_empty() {
             return Err(NatGradError::InvalidInput(
                 "the capture recorded no layer: run the forward pass with the capture from \
@@ -149,7 +161,11 @@ impl NaturalGradient {
         let labels = labels_for(kind, &logits, targets, m);
         let per_row = cross_entropy_rows(logits.clone(), labels);
         let data_loss = per_row.clone().slice(0..n).mean().inner();
-        let gradients = per_row.sum().div_scalar(n as f64).backward();
+        let weighted = match row_weights(kind, &logits, n, m) {
+            Some(w) => per_row * w,
+            None => per_row,
+        };
+        let gradients = weighted.sum().div_scalar(n as f64).backward();
         let layers = capture.into_factors(&gradients)?;
         let mut grads = GradientsParams::from_grads(gradients, model);
 
@@ -171,7 +187,7 @@ impl NaturalGradient {
                         // The Fisher rows' input is the first m rows of the data's.
                         Some((block, is_weight)),
                     ),
-                    FisherKind::Sampled { .. } => {
+                    FisherKind::Sampled { .. } | FisherKind::Exact { .. } => {
                         // A layer computed once for all copies keeps one input row per example,
                         // which the data rows share.
                         let shares_input = matches!(

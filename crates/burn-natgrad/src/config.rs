@@ -120,6 +120,16 @@ impl NaturalGradientConfig {
         if let Some(kl) = self.kl_max {
             check_positive("kl_max", kl)?;
         }
+        if let FisherKind::Exact { classes } = self.fisher {
+            if classes < 2 {
+                return Err(NatGradError::InvalidConfig {
+                    field: "fisher",
+                    reason: format!(
+                        "Exact {{ classes }} needs the softmax's width, at least 2, got {classes}"
+                    ),
+                });
+            }
+        }
         if let FisherKind::Sampled { samples: 0 } = self.fisher {
             return Err(NatGradError::InvalidConfig {
                 field: "fisher",

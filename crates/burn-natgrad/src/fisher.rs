@@ -42,14 +42,26 @@ pub enum FisherKind {
         /// Labels drawn per example (`k ≥ 1`).
         samples: usize,
     },
+    /// The exact Fisher of a softmax output over `classes` classes,
+    /// `F = (1/m) Σᵢ Σ_c pᵢ_c gᵢ_c gᵢ_cᵀ` with `gᵢ_c` the gradient of `−log pᵢ_c` (Martens,
+    /// "New Insights and Perspectives on the Natural Gradient Method", 2020, §9): the batch's
+    /// first `m` examples (the curvature batch, all of them by default) are run once per class,
+    /// copy `c` labelled `c`, each row's loss weighted by `√pᵢ_c` (detached), in one
+    /// forward/backward. `classes` must be the logits' width.
+    Exact {
+        /// The number of classes of the softmax (`≥ 2`).
+        classes: usize,
+    },
 }
 
 impl FisherKind {
-    /// How many copies of the batch one step runs: 1, or `k + 1` for the sampled Fisher.
+    /// How many copies of the batch one step runs: 1, `k + 1` for the sampled Fisher, `C + 1`
+    /// for the exact one.
     pub fn copies(&self) -> usize {
         match self {
             FisherKind::Empirical => 1,
             FisherKind::Sampled { samples } => samples + 1,
+            FisherKind::Exact { classes } => classes + 1,
         }
     }
 }
@@ -122,17 +134,45 @@ pub(crate) fn labels_for(
                 .reshape([samples * m]);
             Tensor::cat(vec![targets, drawn.to_device(&logits.device())], 0)
         }
+        FisherKind::Exact { classes } => {
+            // Copy c labels every curvature example c: [C, m] -> copy-major [C * m].
+            let device = targets.device();
+            let each = Tensor::<1, Int>::arange(0..classes as i64, &device)
+                .reshape([classes, 1])
+                .repeat_dim(1, m)
+                .reshape([classes * m]);
+            Tensor::cat(vec![targets, each], 0)
+        }
     }
+}
+
+/// The weight of every row's loss: 1 for the data rows and the sampled ones, `√pᵢ_c`
+/// (detached) for the exact Fisher's row of example `i` at class `c` (copy-major), so that its
+/// probe gradient is `√pᵢ_c gᵢ_c`; `None` when every weight is 1.
+pub(crate) fn row_weights(
+    kind: FisherKind,
+    logits: &Tensor<2>,
+    n: usize,
+    m: usize,
+) -> Option<Tensor<2>> {
+    let FisherKind::Exact { classes } = kind else {
+        return None;
+    };
+    let probs = softmax(logits.clone().slice(0..m).inner(), 1);
+    let weights = probs.sqrt().transpose().reshape([classes * m, 1]);
+    let ones = Tensor::<2>::ones([n, 1], &weights.device());
+    Some(Tensor::cat(vec![ones, weights], 0).to_device(&logits.device()))
 }
 
 /// The Fisher scale `c` such that `F = c Σ_rows u uᵀ` for rows `u` = probe factors of a mean loss
 /// over `n` examples (`u = gᵢ / n`), with Fisher rows from a curvature batch of `m ≤ n`
-/// examples: `F = (1/m) Σ_{i<m} gᵢgᵢᵀ`, so `c = n²/m` for the empirical Fisher, and `n²/(m k)`
-/// for the sampled one (`n` and `n / k` over the whole batch).
+/// examples: `F = (1/m) Σ_{i<m} gᵢgᵢᵀ`, so `c = n²/m` for the empirical Fisher, `n²/(m k)`
+/// for the sampled one (`n` and `n / k` over the whole batch), and `n²/m` for the exact one
+/// (its rows carry their `√p` weights).
 pub(crate) fn fisher_scale(kind: FisherKind, n: usize, m: usize) -> f64 {
     let (n, m) = (n as f64, m as f64);
     match kind {
-        FisherKind::Empirical => n * n / m,
+        FisherKind::Empirical | FisherKind::Exact { .. } => n * n / m,
         FisherKind::Sampled { samples } => n * n / (m * samples as f64),
     }
 }

@@ -160,6 +160,22 @@ where
             rows: &mut data_rows,
         });
         let curvature = i < m;
+        if let (FisherKind::Exact { classes }, true) = (kind, curvature) {
+            // One row per class, weighted by √p_c (detached): Σ_c p_c g_c g_cᵀ.
+            let p = softmax(logits.clone().inner(), 1).sqrt().reshape([classes]);
+            for c in 0..classes {
+                let label = Tensor::<1, Int>::from_ints([c as i32], &x.device());
+                let weight = p.clone().narrow(0, c, 1).to_device(&x.device());
+                let loss =
+                    cross_entropy_rows(forward(model, x.clone()), label).reshape([1]) * weight;
+                let source = GradientsParams::from_grads(loss.backward(), model);
+                model.visit(&mut Collect {
+                    source: &source,
+                    sums: None,
+                    rows: &mut sampled_rows,
+                });
+            }
+        }
         if let (FisherKind::Sampled { samples }, true) = (kind, curvature) {
             let drawn = softmax(logits.inner(), 1).categorical(samples);
             for s in 0..samples {
@@ -196,6 +212,7 @@ where
             m,
         ),
         FisherKind::Sampled { samples } => (sampled_rows, m * samples),
+        FisherKind::Exact { .. } => (sampled_rows, m),
     };
     let scale = 1.0 / (count as f64).sqrt();
     for (id, rows) in rows {

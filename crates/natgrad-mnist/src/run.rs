@@ -46,6 +46,7 @@ impl OptimizerSpec {
             OptimizerSpec::Ngd { config, .. } => match config.fisher {
                 FisherKind::Empirical => "ngd-empirical",
                 FisherKind::Sampled { .. } => "ngd-sampled",
+                FisherKind::Exact { .. } => "ngd-exact",
             },
             OptimizerSpec::Sgd { .. } => "sgd",
             OptimizerSpec::Adam { .. } => "adam",

@@ -259,6 +259,31 @@ fn non_finite_direction_skips_the_step() {
 }
 
 #[test]
+fn the_exact_fisher_needs_the_softmax_width() {
+    let err = NaturalGradientConfig::new()
+        .with_fisher(FisherKind::Exact { classes: 1 })
+        .try_build()
+        .unwrap_err();
+    assert!(err.to_string().contains("at least 2"), "{err}");
+    for (name, device) in backends() {
+        let model = Mlp::new(&[4, 3], true, 1, &device);
+        let ng = NaturalGradientConfig::new()
+            .with_fisher(FisherKind::Exact { classes: 5 })
+            .build();
+        // The capture stacks 5 copies; the logits are 3 wide.
+        let (mut cap, x) = ng.capture(tensor(1, [6, 4], 1.0, &device));
+        let logits = model.logits2(x, &mut cap);
+        let err = ng
+            .try_classification(&model, cap, logits, labels(2, 6, 3, &device))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("the logits have 3 columns"),
+            "{name}: {err}"
+        );
+    }
+}
+
+#[test]
 fn trust_region_bounds_the_predicted_kl() {
     for (name, device) in backends() {
         let model = Mlp::new(&[4, 5, 3], true, 1, &device);

@@ -10,6 +10,9 @@
 //!
 //! With a curvature batch of the first 2 examples, the estimate (k = 8000, the same 16,000
 //! draws) must match the exact Fisher of those 2 examples alone, and miss the whole batch's.
+//!
+//! `FisherKind::Exact` (one √p-weighted row per class) and the per-example loop's exact Fisher
+//! must equal the host's to rounding (relative Frobenius error ≤ 1e-4).
 
 use crate::common::*;
 use burn_natgrad::testing::dense_fisher;
@@ -110,6 +113,33 @@ fn check(curvature_batch: Option<usize>) {
         assert!(
             emp_err > 0.2,
             "{name}: empirical Fisher too close to exact ({emp_err:.4})"
+        );
+        // The exact Fisher (one row per class, √p-weighted) is the host's, to rounding.
+        let exact_kind = fisher_of(FisherKind::Exact { classes: c });
+        let exact_err = frob_rel(&exact_kind, &exact);
+        assert!(
+            exact_err <= 1e-4,
+            "{name} {curvature_batch:?}: FisherKind::Exact rel Frobenius error {exact_err:e}"
+        );
+        // … and the per-example loop's exact Fisher.
+        let ng = NaturalGradientConfig::new()
+            .with_fisher(FisherKind::Exact { classes: c })
+            .with_curvature_batch(curvature_batch)
+            .build();
+        let looped = burn_natgrad::per_example_classification(
+            &ng,
+            &model,
+            x.clone(),
+            y.clone(),
+            |m: &Mlp, x| m.logits2(x, &mut burn_natgrad::Capture::disabled()),
+        )
+        .unwrap();
+        let factors = Factors::from_grads(&model, &looped.grads).unwrap();
+        let blocks: Vec<&Block> = factors.blocks.iter().collect();
+        let loop_err = frob_rel(&host(dense_fisher(&blocks)), &exact);
+        assert!(
+            loop_err <= 1e-4,
+            "{name}: the loop's exact Fisher rel error {loop_err:e}"
         );
         if m < n {
             let whole_err = frob_rel(&sampled, &exact_whole);

@@ -122,6 +122,13 @@ fn solvers_match_dense_curvature_batch() {
 }
 
 #[test]
+fn solvers_match_dense_exact() {
+    check(FisherKind::Exact { classes: 3 }, false);
+    check(FisherKind::Exact { classes: 3 }, true);
+    check_curvature(FisherKind::Exact { classes: 3 }, false, Some(3));
+}
+
+#[test]
 fn solvers_match_dense_block_diagonal() {
     check(FisherKind::Empirical, true);
     check(FisherKind::Sampled { samples: 3 }, true);
