@@ -14,7 +14,9 @@ use std::process::ExitCode;
 use burn::optim::momentum::MomentumConfig;
 use burn_natgrad::{FisherKind, NaturalGradientConfig, SolverKind};
 use clap::{Parser, ValueEnum};
-use natgrad_mnist::{plot, results_csv, results_table, run, OptimizerSpec, RunOptions};
+use natgrad_mnist::{
+    plot, results_csv, results_table, run, seeds_csv, seeds_table, OptimizerSpec, RunOptions,
+};
 
 #[path = "shared/cli.rs"]
 mod cli;
@@ -97,6 +99,11 @@ struct Args {
     /// Output folder: results.csv, curves.svg, checkpoints.
     #[arg(long, default_value = "target/mnist")]
     out: PathBuf,
+    /// Repeat the comparison over this many seeds (`--seed`, `--seed` + 1, …) and report each
+    /// optimizer's mean and range per epoch (seeds.csv); results.csv and the picture are the
+    /// first seed's.
+    #[arg(long, default_value_t = 1)]
+    seeds: usize,
     /// Run the learning-rate grids for one epoch each and print them (sweep.csv), instead of
     /// the comparison.
     #[arg(long)]
@@ -160,6 +167,7 @@ fn check(args: &Args) -> Result<(), String> {
         .at_least_one("batch-size", args.batch_size)
         .at_least_one("hidden", args.hidden)
         .at_least_one("samples", args.samples)
+        .at_least_one("seeds", args.seeds)
         .positive("sgd-lr", args.sgd_lr)
         .positive("adam-lr", args.adam_lr);
     if let Some(m) = args.curvature_batch {
@@ -259,23 +267,47 @@ fn main() -> ExitCode {
         args.common.backend
     );
     let mut results = Vec::new();
-    for (i, spec) in specs.iter().enumerate() {
-        println!("== {} ({})", spec.name(), spec.describe());
-        let dir = args.out.join("runs").join(format!("{i}-{}", spec.name()));
-        let result = run(spec, &data, &options, &dir);
-        let accs: Vec<String> = result
-            .epochs
-            .iter()
-            .map(|e| format!("{:.2}%", 100.0 * e.test_accuracy))
-            .collect();
-        println!("   test accuracy per epoch: {}", accs.join(", "));
-        if result.skipped_steps > 0 {
+    let mut all = Vec::new();
+    for s in 0..args.seeds as u64 {
+        let options = RunOptions {
+            seed: args.common.seed + s,
+            ..options.clone()
+        };
+        for (i, spec) in specs.iter().enumerate() {
             println!(
-                "   {} natural-gradient steps skipped (non-finite)",
-                result.skipped_steps
+                "== {} ({}), seed {}",
+                spec.name(),
+                spec.describe(),
+                options.seed
             );
+            let dir = args.out.join("runs").join(format!("{i}-{}", spec.name()));
+            let result = run(spec, &data, &options, &dir);
+            let accs: Vec<String> = result
+                .epochs
+                .iter()
+                .map(|e| format!("{:.2}%", 100.0 * e.test_accuracy))
+                .collect();
+            println!("   test accuracy per epoch: {}", accs.join(", "));
+            if result.skipped_steps > 0 {
+                println!(
+                    "   {} natural-gradient steps skipped (non-finite)",
+                    result.skipped_steps
+                );
+            }
+            if s == 0 {
+                results.push(result.clone());
+            }
+            all.push((options.seed, result));
         }
-        results.push(result);
+    }
+    if args.seeds > 1 {
+        println!("\n{}", seeds_table(&all));
+        let path = args.out.join("seeds.csv");
+        if let Err(e) = std::fs::write(&path, seeds_csv(&all)) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+        println!("wrote {}", path.display());
     }
     let table = results_table(&results);
     println!("\n{table}");

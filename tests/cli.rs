@@ -36,6 +36,7 @@ fn bad_values_of_the_mlp_example_are_refused() {
         (vec!["--epochs", "0"], "--epochs must be at least 1"),
         (vec!["--limit", "0"], "--limit must be at least 1"),
         (vec!["--samples", "0"], "--samples must be at least 1"),
+        (vec!["--seeds", "0"], "--seeds must be at least 1"),
         (
             vec!["--curvature-batch", "0"],
             "--curvature-batch must be at least 1",

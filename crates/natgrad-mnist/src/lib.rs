@@ -10,10 +10,12 @@ pub mod model;
 pub mod plot;
 pub mod progress;
 pub mod run;
+pub mod seeds;
 pub mod train_loop;
 
 pub use cnn::GuideCnn;
 pub use data::{DataError, MnistBatch, MnistBatcher, MnistData};
 pub use model::{Mlp, Recorder};
 pub use run::{results_csv, results_table, run, EpochResult, OptimizerSpec, RunOptions, RunResult};
+pub use seeds::{seeds_csv, seeds_table};
 pub use train_loop::{train_cnn, LoopOptions};

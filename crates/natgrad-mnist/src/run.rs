@@ -245,19 +245,37 @@ pub fn results_csv(results: &[RunResult]) -> String {
     out
 }
 
+/// A Markdown table's header: the `lead` columns, one column per epoch named by `epoch`, then
+/// the `tail` columns.
+pub(crate) fn table_header(
+    lead: &[&str],
+    epochs: usize,
+    epoch: impl Fn(usize) -> String,
+    tail: &[&str],
+) -> String {
+    let names: Vec<String> = lead
+        .iter()
+        .map(|s| s.to_string())
+        .chain((1..=epochs).map(epoch))
+        .chain(tail.iter().map(|s| s.to_string()))
+        .collect();
+    format!(
+        "| {} |\n|{}\n",
+        names.join(" | "),
+        "---|".repeat(names.len())
+    )
+}
+
 /// The comparison table printed at the end (Markdown, so README can show it as is).
 pub fn results_table(results: &[RunResult]) -> String {
     let sgd = sgd_ms(results);
     let epochs = results.iter().map(|r| r.epochs.len()).max().unwrap_or(0);
-    let mut out = String::from("| optimizer | hyper-parameters |");
-    for e in 1..=epochs {
-        let _ = write!(out, " test acc. epoch {e} |");
-    }
-    out.push_str(" final train loss | median step (ms) | step / SGD step |\n|---|---|");
-    for _ in 0..epochs {
-        out.push_str("---|");
-    }
-    out.push_str("---|---|---|\n");
+    let mut out = table_header(
+        &["optimizer", "hyper-parameters"],
+        epochs,
+        |e| format!("test acc. epoch {e}"),
+        &["final train loss", "median step (ms)", "step / SGD step"],
+    );
     for r in results {
         let _ = write!(out, "| {} | {} |", r.spec.name(), r.spec.describe());
         for e in &r.epochs {

@@ -221,11 +221,14 @@ fn bad_targets_and_shapes_are_reported() {
 fn non_finite_direction_skips_the_step() {
     for (name, device) in backends() {
         let model = Mlp::new(&[4, 5, 3], true, 1, &device);
-        for solver in [SolverKind::Gram, SolverKind::CgSample, SolverKind::CgParam] {
+        let solvers = [SolverKind::Gram, SolverKind::CgSample, SolverKind::CgParam];
+        let bad = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+        for (solver, bad) in solvers.into_iter().flat_map(|s| bad.map(|b| (s, b))) {
             let ng = NaturalGradientConfig::new().with_solver(solver).build();
-            // One NaN in the input batch: it reaches the loss, the factors and the direction.
+            // One NaN or infinity in the input batch: it reaches the loss, the factors and the
+            // direction.
             let mut values = values(1, 24);
-            values[7] = f32::NAN;
+            values[7] = bad;
             let x = Tensor::<2>::from_data(burn::tensor::TensorData::new(values, [6, 4]), &device);
             let (mut cap, x) = ng.capture(x);
             let logits = model.logits2(x, &mut cap);
