@@ -173,6 +173,10 @@ pub fn burn_dataset_cache() -> PathBuf {
         .join("mnist")
 }
 
+/// The most a gzipped IDX file may decompress to (MNIST's largest, the training images, is
+/// 47 MiB).
+const MAX_DECOMPRESSED: u64 = 256 << 20;
+
 /// Reads `NAME` or `NAME.gz` from `dir`, decompressing gzip (detected by its magic bytes).
 fn read_file(dir: &Path, name: &'static str) -> Result<(PathBuf, Vec<u8>), DataError> {
     let candidates = [dir.join(name), dir.join(format!("{name}.gz"))];
@@ -190,12 +194,24 @@ fn read_file(dir: &Path, name: &'static str) -> Result<(PathBuf, Vec<u8>), DataE
     let raw = std::fs::read(&path).map_err(unreadable)?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
+        // At most MAX_DECOMPRESSED bytes (and one more, to tell): a gzip bomb is refused
+        // instead of filling the memory.
         flate2::read::GzDecoder::new(&raw[..])
+            .take(MAX_DECOMPRESSED + 1)
             .read_to_end(&mut out)
             .map_err(|e| DataError::Unreadable {
                 path: path.clone(),
                 reason: format!("gzip data is corrupt or truncated: {e}"),
             })?;
+        if out.len() as u64 > MAX_DECOMPRESSED {
+            return Err(DataError::Invalid {
+                path,
+                reason: format!(
+                    "decompresses to more than {} MiB, far more than MNIST's largest file",
+                    MAX_DECOMPRESSED >> 20
+                ),
+            });
+        }
         Ok((path, out))
     } else {
         Ok((path, raw))
@@ -232,7 +248,7 @@ fn check_header(
         )));
     }
     let count = be_u32(bytes, 4) as usize;
-    let expected = count * item;
+    let expected = count.saturating_mul(item);
     let available = bytes.len() - header;
     if available < expected {
         return Err(invalid(format!(
@@ -255,8 +271,21 @@ fn read_split(
     labels: &'static str,
 ) -> Result<Vec<MnistItem>, DataError> {
     let (ipath, ibytes) = read_file(dir, images)?;
-    if ibytes.len() >= 16 && be_u32(&ibytes, 0) == IMAGE_MAGIC {
-        let (rows, cols) = (be_u32(&ibytes, 8) as usize, be_u32(&ibytes, 12) as usize);
+    let (lpath, lbytes) = read_file(dir, labels)?;
+    parse_split(ipath, &ibytes, lpath, &lbytes)
+}
+
+/// The examples of an images file and a labels file (their paths for the errors): every
+/// header field is checked against the bytes that follow before anything is allocated, so
+/// that no input, however malformed, makes it panic or allocate more than the files hold.
+pub fn parse_split(
+    ipath: PathBuf,
+    ibytes: &[u8],
+    lpath: PathBuf,
+    lbytes: &[u8],
+) -> Result<Vec<MnistItem>, DataError> {
+    if ibytes.len() >= 16 && be_u32(ibytes, 0) == IMAGE_MAGIC {
+        let (rows, cols) = (be_u32(ibytes, 8) as usize, be_u32(ibytes, 12) as usize);
         if (rows, cols) != (SIDE, SIDE) {
             return Err(DataError::Invalid {
                 path: ipath,
@@ -264,9 +293,8 @@ fn read_split(
             });
         }
     }
-    let n_images = check_header(&ipath, &ibytes, IMAGE_MAGIC, 16, PIXELS, "images")?;
-    let (lpath, lbytes) = read_file(dir, labels)?;
-    let n_labels = check_header(&lpath, &lbytes, LABEL_MAGIC, 8, 1, "labels")?;
+    let n_images = check_header(&ipath, ibytes, IMAGE_MAGIC, 16, PIXELS, "images")?;
+    let n_labels = check_header(&lpath, lbytes, LABEL_MAGIC, 8, 1, "labels")?;
     if n_images != n_labels {
         return Err(DataError::CountMismatch {
             images: (ipath, n_images),
