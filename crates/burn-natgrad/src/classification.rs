@@ -158,7 +158,7 @@ impl NaturalGradient {
                     .into(),
             ));
         }
-        let labels = labels_for(kind, &logits, targets, m);
+        let labels = labels_for(kind, &logits, targets, m, self.config.seed);
         let per_row = cross_entropy_rows(logits.clone(), labels);
         let data_loss = per_row.clone().slice(0..n).mean().inner();
         let weighted = match row_weights(kind, &logits, n, m) {

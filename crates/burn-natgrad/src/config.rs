@@ -89,6 +89,10 @@ pub struct NaturalGradientConfig {
     /// 0: never, always run `cg_max_iters`. Default: 10.
     #[config(default = 10)]
     pub cg_check_every: usize,
+    /// Seed of the sampled Fisher's labels, mixed with the model's predictions on the batch so
+    /// that a run resumed from a checkpoint draws the same labels. Default: 0.
+    #[config(default = 0)]
+    pub seed: u64,
     /// What to do with trainable parameters that have a gradient but no captured factors.
     /// Default: [`UncoveredPolicy::Refuse`].
     #[config(default = "UncoveredPolicy::Refuse")]

@@ -25,7 +25,7 @@
 
 use burn::config::Config;
 use burn::tensor::activation::{log_softmax, softmax};
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::error::NatGradError;
 
@@ -36,8 +36,10 @@ pub enum FisherKind {
     /// gradient's own backward pass.
     Empirical,
     /// The Fisher of the model's predictive distribution, estimated with `samples` labels per
-    /// example drawn from the softmax with Burn's seeded RNG. The batch is run `samples + 1`
-    /// times in one forward/backward (data labels on the first copy).
+    /// example drawn from the softmax (on the host, by a generator seeded with
+    /// `NaturalGradientConfig::seed` and the predictions themselves, so that a resumed run draws
+    /// the same labels). The batch is run `samples + 1` times in one forward/backward (data
+    /// labels on the first copy).
     Sampled {
         /// Labels drawn per example (`k ≥ 1`).
         samples: usize,
@@ -114,25 +116,76 @@ pub(crate) fn check_targets(
     Ok(n)
 }
 
+/// `k` labels drawn from each row of `probs` (`[m, C]`, rows summing to 1), as `[m, k]` row-major:
+/// inverse-CDF sampling with a SplitMix64 generator seeded by `seed` and the bits of `probs`
+/// themselves. The draws are a function of the model's predictions on the batch, so a run
+/// resumed from a checkpoint (same weights, same batch) draws the same labels, where the
+/// backend's global generator would have moved on.
+pub(crate) fn draw_labels(probs: &[f32], classes: usize, k: usize, seed: u64) -> Vec<i64> {
+    let mut state = probs.iter().fold(seed ^ 0x6e67_5f73_616d_706c, |h, p| {
+        (h ^ u64::from(p.to_bits())).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut out = Vec::with_capacity(probs.len() / classes * k);
+    for row in probs.chunks(classes) {
+        let total: f64 = row.iter().map(|&p| f64::from(p)).sum();
+        for _ in 0..k {
+            let u = next() * total;
+            let mut acc = 0.0;
+            let label = row
+                .iter()
+                .position(|&p| {
+                    acc += f64::from(p);
+                    u < acc
+                })
+                .unwrap_or(classes - 1);
+            out.push(label as i64);
+        }
+    }
+    out
+}
+
+/// `k` labels per row of `logits` (`[m, C]`, without autodiff) drawn from their softmax by
+/// [`draw_labels`] (one host read of `m × C` values), `[m, k]` row-major.
+pub(crate) fn sample_labels(logits: Tensor<2>, k: usize, seed: u64) -> Vec<i64> {
+    let classes = logits.dims()[1];
+    let probs = softmax(logits, 1)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("float data");
+    draw_labels(&probs, classes, k, seed)
+}
+
 /// Labels for every row of the stacked batch: the `N` data labels, then `k` labels for each of
 /// the first `m` examples (the curvature batch) drawn from `softmax(logits)` of the data rows
-/// (detached), copy-major.
+/// (detached, read to the host: `m × C` values) by [`draw_labels`] with `seed`, copy-major; or,
+/// for the exact Fisher, every class once.
 pub(crate) fn labels_for(
     kind: FisherKind,
     logits: &Tensor<2>,
     targets: Tensor<1, Int>,
     m: usize,
+    seed: u64,
 ) -> Tensor<1, Int> {
     match kind {
         FisherKind::Empirical => targets,
         FisherKind::Sampled { samples } => {
-            let probs = softmax(logits.clone().slice(0..m).inner(), 1);
+            let drawn = sample_labels(logits.clone().slice(0..m).inner(), samples, seed);
             // [m, k] -> copy-major [k * m]: copy s holds every curvature example's s-th draw.
-            let drawn = probs
-                .categorical(samples)
-                .transpose()
-                .reshape([samples * m]);
-            Tensor::cat(vec![targets, drawn.to_device(&logits.device())], 0)
+            let drawn = Tensor::<2, Int>::from_data(
+                TensorData::new(drawn, [m, samples]),
+                &targets.device(),
+            )
+            .transpose()
+            .reshape([samples * m]);
+            Tensor::cat(vec![targets, drawn], 0)
         }
         FisherKind::Exact { classes } => {
             // Copy c labels every curvature example c: [C, m] -> copy-major [C * m].
@@ -174,5 +227,34 @@ pub(crate) fn fisher_scale(kind: FisherKind, n: usize, m: usize) -> f64 {
     match kind {
         FisherKind::Empirical | FisherKind::Exact { .. } => n * n / m,
         FisherKind::Sampled { samples } => n * n / (m * samples as f64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::draw_labels;
+
+    /// The draws follow the probabilities (40,000 draws: each frequency within 5σ), are
+    /// reproducible, and change with the seed and with the probabilities.
+    #[test]
+    fn drawn_labels_follow_the_probabilities_and_are_reproducible() {
+        let probs = [0.1f32, 0.6, 0.3, 0.5, 0.0, 0.5];
+        let k = 20_000;
+        let drawn = draw_labels(&probs, 3, k, 7);
+        assert_eq!(drawn.len(), 2 * k);
+        for (row, p) in drawn.chunks(k).zip(probs.chunks(3)) {
+            for (c, &pc) in p.iter().enumerate() {
+                let freq = row.iter().filter(|&&l| l == c as i64).count() as f64 / k as f64;
+                let sigma = (f64::from(pc) * (1.0 - f64::from(pc)) / k as f64).sqrt();
+                assert!(
+                    (freq - f64::from(pc)).abs() <= 5.0 * sigma + 1e-12,
+                    "class {c}: frequency {freq}, probability {pc}"
+                );
+            }
+        }
+        assert_eq!(draw_labels(&probs, 3, k, 7), drawn);
+        assert_ne!(draw_labels(&probs, 3, k, 8), drawn);
+        let moved = [0.1f32, 0.6, 0.3, 0.5, 0.0, 0.5000001];
+        assert_ne!(draw_labels(&moved, 3, k, 7)[k..], drawn[k..]);
     }
 }

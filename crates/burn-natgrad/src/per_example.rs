@@ -15,7 +15,7 @@ use burn::tensor::{Int, Tensor};
 use crate::classification::NaturalGradientOutput;
 use crate::error::NatGradError;
 use crate::factors::BlockFactors;
-use crate::fisher::{check_targets, cross_entropy_rows, FisherKind};
+use crate::fisher::{check_targets, cross_entropy_rows, sample_labels, FisherKind};
 use crate::optimizer::NaturalGradient;
 
 /// Adds one backward pass's parameter gradients to the running sums and/or the per-example rows.
@@ -177,13 +177,9 @@ where
             }
         }
         if let (FisherKind::Sampled { samples }, true) = (kind, curvature) {
-            let drawn = softmax(logits.inner(), 1).categorical(samples);
-            for s in 0..samples {
-                let label = drawn
-                    .clone()
-                    .narrow(1, s, 1)
-                    .reshape([1])
-                    .to_device(&x.device());
+            let drawn = sample_labels(logits.inner(), samples, natgrad.config().seed);
+            for &label in &drawn {
+                let label = Tensor::<1, Int>::from_ints([label as i32], &x.device());
                 let loss = cross_entropy_rows(forward(model, x.clone()), label).reshape([1]);
                 let source = GradientsParams::from_grads(loss.backward(), model);
                 model.visit(&mut Collect {

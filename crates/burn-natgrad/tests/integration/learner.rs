@@ -19,7 +19,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn::train::{
     ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
 };
-use burn_natgrad::{Capture, NaturalGradient, NaturalGradientConfig};
+use burn_natgrad::{Capture, FisherKind, NaturalGradient, NaturalGradientConfig};
 
 #[derive(Module, Debug)]
 struct Net {
@@ -196,16 +196,25 @@ fn train_net(
 }
 
 /// Two epochs straight equal one epoch, a stop, and a resumed second epoch from the Learner's
-/// own checkpoint (model and optimizer records, so the momentum too), for the empirical Fisher.
+/// own checkpoint (model and optimizer records, so the momentum too), for the empirical and the
+/// sampled Fisher (whose labels are drawn from the predictions, not the global generator).
 /// (Without shuffling: Burn's data loader advances its shuffling generator once per epoch in
 /// the process, so a resumed run would see epoch 1's order again.)
 #[test]
 fn resuming_from_a_checkpoint_equals_training_straight() {
-    for (name, device) in backends() {
-        let dir =
-            std::env::temp_dir().join(format!("natgrad-resume-{name}-{}", std::process::id()));
+    let kinds = [FisherKind::Empirical, FisherKind::Sampled { samples: 1 }];
+    for ((name, device), fisher) in backends()
+        .into_iter()
+        .flat_map(|b| kinds.map(|k| (b.clone(), k)))
+    {
+        let dir = std::env::temp_dir().join(format!(
+            "natgrad-resume-{name}-{}-{}",
+            fisher.copies(),
+            std::process::id()
+        ));
         let ng = || {
             NaturalGradientConfig::new()
+                .with_fisher(fisher)
                 .with_damping(0.1)
                 .with_momentum(Some(
                     burn::optim::momentum::MomentumConfig::new().with_dampening(0.0),
@@ -222,12 +231,14 @@ fn resuming_from_a_checkpoint_equals_training_straight() {
         let resumed = run(2, "stopped", 2, Some(1));
         // 16 steps an epoch: the resumed run trained the second epoch only.
         let steps: Vec<u64> = runs.iter().map(|ng| ng.stats().steps).collect();
-        assert_eq!(steps, [32, 16, 16], "{name}");
+        assert_eq!(steps, [32, 16, 16], "{name} {fisher:?}");
         for (a, b) in [(&straight.fc1, &resumed.fc1), (&straight.fc2, &resumed.fc2)] {
             let err = rel_err(&host(b.weight.val()), &host(a.weight.val()));
-            assert!(err <= 1e-6, "{name}: resumed weights differ by {err:e}");
+            assert!(
+                err <= 1e-6,
+                "{name} {fisher:?}: resumed weights differ by {err:e}"
+            );
         }
-        // Without the optimizer record the momentum would restart: the weights would differ.
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
