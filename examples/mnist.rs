@@ -288,6 +288,19 @@ fn main() -> ExitCode {
                 .map(|e| format!("{:.2}%", 100.0 * e.test_accuracy))
                 .collect();
             println!("   test accuracy per epoch: {}", accs.join(", "));
+            let losses: Vec<f64> = result.epochs.iter().map(|e| e.test_loss).collect();
+            let rise = losses
+                .windows(2)
+                .map(|w| w[1] / w[0] - 1.0)
+                .fold(f64::NEG_INFINITY, f64::max);
+            let shown: Vec<String> = losses.iter().map(|l| format!("{l:.4}")).collect();
+            if losses.len() > 1 {
+                println!(
+                    "   test loss per epoch: {} (largest rise between epochs: {:+.1}%)",
+                    shown.join(", "),
+                    100.0 * rise
+                );
+            }
             if result.skipped_steps > 0 {
                 println!(
                     "   {} natural-gradient steps skipped (non-finite)",

@@ -74,6 +74,12 @@ fn every_optimizer_trains_on_the_fixture_and_outputs_are_written() {
             "{}: test accuracy {acc}",
             spec.name()
         );
+        let test_loss = r.epochs[0].test_loss;
+        assert!(
+            test_loss.is_finite() && test_loss > 0.0 && test_loss < 2.3,
+            "{}: test loss {test_loss}",
+            spec.name()
+        );
         assert!(r.median_step_ms > 0.0);
         assert_eq!(r.skipped_steps, 0);
         results.push(r);

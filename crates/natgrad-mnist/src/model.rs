@@ -23,8 +23,8 @@ pub struct Record {
     pub losses: Vec<f64>,
     /// Wall time of every step (forward, backward, optimizer), in milliseconds.
     pub step_ms: Vec<f64>,
-    /// Correct and total test predictions per epoch.
-    pub test: Vec<(usize, usize)>,
+    /// Correct and total test predictions, and the summed test cross-entropy, per epoch.
+    pub test: Vec<(usize, usize, f64)>,
     started: Option<Instant>,
 }
 
@@ -61,14 +61,15 @@ impl Recorder {
         });
     }
 
-    fn add_test(&self, correct: usize, total: usize) {
+    fn add_test(&self, correct: usize, total: usize, loss_sum: f64) {
         self.with(|r| {
             let epoch = r.losses.len().div_ceil(self.steps_per_epoch).max(1) - 1;
             if r.test.len() <= epoch {
-                r.test.resize(epoch + 1, (0, 0));
+                r.test.resize(epoch + 1, (0, 0, 0.0));
             }
             r.test[epoch].0 += correct;
             r.test[epoch].1 += total;
+            r.test[epoch].2 += loss_sum;
         });
     }
 }
@@ -187,7 +188,8 @@ impl InferenceStep for Mlp {
                 .int()
                 .sum()
                 .into_scalar::<i64>() as usize;
-            r.add_test(correct, n);
+            let loss_sum = loss.clone().into_scalar::<f64>() * n as f64;
+            r.add_test(correct, n, loss_sum);
         }
         ClassificationOutput::new(loss, logits, batch.targets)
     }

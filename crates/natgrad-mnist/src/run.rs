@@ -109,6 +109,8 @@ pub struct EpochResult {
     pub epoch: usize,
     /// Test accuracy after the epoch.
     pub test_accuracy: f64,
+    /// Mean test cross-entropy after the epoch (NaN when not measured).
+    pub test_loss: f64,
     /// Mean train loss over the epoch's steps.
     pub train_loss: f64,
 }
@@ -188,7 +190,7 @@ pub fn run(spec: &OptimizerSpec, data: &MnistData, options: &RunOptions, dir: &P
     recorder.with(|r| {
         let epochs = (0..options.epochs)
             .map(|e| {
-                let (correct, total) = r.test.get(e).copied().unwrap_or((0, 0));
+                let (correct, total, loss_sum) = r.test.get(e).copied().unwrap_or((0, 0, 0.0));
                 let start = (e * steps_per_epoch).min(r.losses.len());
                 let end = ((e + 1) * steps_per_epoch).min(r.losses.len());
                 let losses = &r.losses[start..end];
@@ -198,6 +200,11 @@ pub fn run(spec: &OptimizerSpec, data: &MnistData, options: &RunOptions, dir: &P
                         f64::NAN
                     } else {
                         correct as f64 / total as f64
+                    },
+                    test_loss: if total == 0 {
+                        f64::NAN
+                    } else {
+                        loss_sum / total as f64
                     },
                     train_loss: losses.iter().sum::<f64>() / losses.len().max(1) as f64,
                 }

@@ -98,6 +98,7 @@ mod tests {
                 .map(|(i, a)| EpochResult {
                     epoch: i + 1,
                     test_accuracy: *a,
+                    test_loss: 0.2,
                     train_loss: 0.1,
                 })
                 .collect(),

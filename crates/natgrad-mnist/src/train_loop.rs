@@ -143,6 +143,7 @@ pub fn train_cnn(spec: &OptimizerSpec, data: &MnistData, options: &LoopOptions) 
         epochs.push(EpochResult {
             epoch: epoch + 1,
             test_accuracy: evals.last().map_or(f64::NAN, |e| e.2),
+            test_loss: f64::NAN,
             train_loss: epoch_losses.iter().sum::<f64>() / epoch_losses.len().max(1) as f64,
         });
     }
