@@ -9,6 +9,7 @@ mod curvature_batch;
 mod embedding_norm;
 mod errors;
 mod learner;
+mod misuse;
 mod parameters;
 mod per_example;
 mod plugin;
