@@ -44,6 +44,9 @@ struct Args {
     /// Momentum of the natural gradient, 0 for none.
     #[arg(long, default_value_t = 0.0)]
     momentum: f64,
+    /// KL trust region of the natural gradient, 0 for none.
+    #[arg(long, default_value_t = 0.0)]
+    kl_max: f64,
     /// Estimate the natural gradient's Fisher on the first N examples of each batch.
     #[arg(long)]
     curvature_batch: Option<usize>,
@@ -95,6 +98,7 @@ fn ngd(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpec {
     let mut config = NaturalGradientConfig::new()
         .with_damping(damping)
         .with_curvature_batch(args.curvature_batch)
+        .with_kl_max((args.kl_max > 0.0).then_some(args.kl_max))
         .with_uncovered(if args.bn_scale > 0.0 {
             UncoveredPolicy::ScaledGradient {
                 scale: args.bn_scale,
@@ -123,6 +127,7 @@ fn check(args: &Args) -> Result<(), String> {
         .positive("sgd-lr", args.sgd_lr)
         .positive("adam-lr", args.adam_lr)
         .fraction("momentum", args.momentum)
+        .non_negative("kl-max", args.kl_max)
         .fraction("dropout", args.dropout)
         .non_negative("bn-scale", args.bn_scale);
     if let Some(m) = args.curvature_batch {
