@@ -20,7 +20,7 @@ use natgrad_mnist::{
 
 #[path = "shared/cli.rs"]
 mod cli;
-use cli::{device, load_data, Checks, Common, ADAM_GRID, SGD_GRID};
+use cli::{checked_data, device, Checks, Common, ADAM_GRID, SGD_GRID};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Opt {
@@ -190,16 +190,9 @@ fn check(args: &Args) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = check(&args) {
-        eprintln!("{e}");
-        return ExitCode::from(2);
-    }
-    let data = match load_data(&args.common) {
+    let data = match checked_data(check(&args), &args.common) {
         Ok(data) => data,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let (lr, damping, momentum, _) = ngd_defaults(args.fisher);
     let ngd = ngd_config(

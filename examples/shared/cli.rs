@@ -68,9 +68,21 @@ pub fn device(backend: Backend) -> Device {
     .autodiff()
 }
 
+/// The data, once the command line's checks passed; else what is wrong is printed and the
+/// exit code is 2.
+pub fn checked_data(
+    checked: Result<(), String>,
+    common: &Common,
+) -> Result<MnistData, std::process::ExitCode> {
+    checked.and_then(|()| load_data(common)).map_err(|e| {
+        eprintln!("{e}");
+        std::process::ExitCode::from(2)
+    })
+}
+
 /// The data from `--data-dir` (or burn-dataset's cache), the training split cut to `--limit`;
 /// the error as printed, for exit code 2.
-pub fn load_data(common: &Common) -> Result<MnistData, String> {
+fn load_data(common: &Common) -> Result<MnistData, String> {
     let data = match &common.data_dir {
         Some(dir) => MnistData::from_dir(dir),
         None => MnistData::from_burn_dataset(),
