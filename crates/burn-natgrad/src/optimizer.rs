@@ -147,9 +147,18 @@ impl NaturalGradient {
         };
         let mut grads = GradientsParams::new();
         grads.register(probe.value.id, Tensor::<1>::zeros([1], device));
+        /// Clears the probe even if the optimizer under test panics, so that this thread's
+        /// per-tensor steps do not stay no-ops.
+        struct Clear;
+        impl Drop for Clear {
+            fn drop(&mut self) {
+                PROBE.with(|p| p.set(None));
+            }
+        }
         PROBE.with(|p| p.set(Some((self.address(), false))));
+        let _clear = Clear;
         let _ = optim.clone().step(0.0, probe, grads);
-        PROBE.with(|p| p.take()).is_some_and(|(_, reached)| reached)
+        PROBE.with(|p| p.get()).is_some_and(|(_, reached)| reached)
     }
 
     /// Applies a [`precondition`](Self::precondition)ed step with `optim` (weight decay,
@@ -208,9 +217,16 @@ impl NaturalGradient {
             stats.last_residual = pre.residual;
             shared.pending = pre.count;
         }
-        let module = optim.step(lr, module, directions);
-        self.lock().pending = 0;
-        module
+        /// Forgets the directions not consumed, even if the step panics, so that raw gradients
+        /// afterwards are still refused.
+        struct Consumed<'a>(&'a NaturalGradient);
+        impl Drop for Consumed<'_> {
+            fn drop(&mut self) {
+                self.0.lock().pending = 0;
+            }
+        }
+        let _consumed = Consumed(self);
+        optim.step(lr, module, directions)
     }
 
     /// One natural-gradient step: [`precondition`](Self::precondition), then

@@ -237,3 +237,62 @@ fn per_example_loop_refuses_batchnorm_in_training_mode() {
         );
     }
 }
+
+/// An optimizer whose per-tensor step panics.
+#[derive(Clone)]
+struct Panicking;
+
+impl burn::optim::Optimizer for Panicking {
+    type State<const D: usize> = burn::optim::SgdState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        _lr: burn::optim::LearningRate,
+        _tensor: Tensor<D>,
+        _grad: Tensor<D>,
+        _state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        panic!("this optimizer fails")
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, _device: &Device) -> Self::State<D> {
+        state
+    }
+}
+
+/// An optimizer that panics inside the ownership probe leaves nothing behind on the thread: raw
+/// gradients are still refused (not silently ignored) and the natural gradient's own steps
+/// still move the weights.
+#[test]
+fn a_panic_inside_the_ownership_probe_leaves_nothing_behind() {
+    for (name, device) in backends() {
+        let model = Mlp::new(&[4, 3], true, 1, &device);
+        let (ng, mut optim) = NaturalGradientConfig::new().init();
+        let panicking = burn::optim::ModuleOptimizer::from(Panicking);
+        let msg = panic_message(|| {
+            let _ = ng.owns(&panicking, &device);
+        });
+        assert!(msg.contains("this optimizer fails"), "{name}: {msg}");
+        let plain = {
+            let logits = model.logits2(tensor(1, [6, 4], 1.0, &device), &mut Capture::disabled());
+            let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+                .init(&device)
+                .forward(logits, labels(2, 6, 3, &device));
+            GradientsParams::from_grads(loss.backward(), &model)
+        };
+        let msg = panic_message(|| {
+            optim.step(0.1, model.clone(), plain);
+        });
+        assert!(msg.contains("raw gradients"), "{name}: {msg}");
+        let (mut cap, x) = ng.capture(tensor(1, [6, 4], 1.0, &device));
+        let logits = model.logits2(x, &mut cap);
+        let out = ng.classification(&model, cap, logits, labels(2, 6, 3, &device));
+        let before = host(model.layers[0].weight.val());
+        let after = ng.step(&mut optim, 0.5, model, out.grads);
+        assert_ne!(
+            host(after.layers[0].weight.val()),
+            before,
+            "{name}: no step"
+        );
+    }
+}
