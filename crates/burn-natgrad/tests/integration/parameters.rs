@@ -68,6 +68,26 @@ fn a_parameter_used_inside_and_outside_the_capture_is_refused() {
     }
 }
 
+/// Handing plain autodiff gradients of `model` on `x` to `optim` panics with the
+/// `NotPreconditioned` message.
+fn assert_raw_gradients_refused(
+    model: &Mlp,
+    x: Tensor<2>,
+    optim: &mut burn::optim::ModuleOptimizer,
+    name: &str,
+) {
+    let device = x.device();
+    let logits = model.logits2(x, &mut Capture::disabled());
+    let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+        .init(&device)
+        .forward(logits, labels(2, 6, 3, &device));
+    let plain = GradientsParams::from_grads(loss.backward(), model);
+    let msg = panic_message(|| {
+        optim.step(0.1, model.clone(), plain);
+    });
+    assert!(msg.contains("raw gradients"), "{name}: {msg}");
+}
+
 /// `precondition` is a query: it counts nothing, and raw gradients after it are still refused.
 #[test]
 fn precondition_is_a_query() {
@@ -80,17 +100,7 @@ fn precondition_is_a_query() {
         let pre = ng.precondition(&model, 0.1, &out.grads).unwrap();
         assert!(pre.directions.is_some());
         assert_eq!(ng.stats().steps, 0, "{name}: precondition counted a step");
-        let plain = {
-            let logits = model.logits2(x, &mut Capture::disabled());
-            let loss = burn::nn::loss::CrossEntropyLossConfig::new()
-                .init(&device)
-                .forward(logits, labels(2, 6, 3, &device));
-            GradientsParams::from_grads(loss.backward(), &model)
-        };
-        let msg = panic_message(|| {
-            optim.step(0.1, model.clone(), plain);
-        });
-        assert!(msg.contains("raw gradients"), "{name}: {msg}");
+        assert_raw_gradients_refused(&model, x, &mut optim, name);
         let _ = ng.apply(&mut optim, 0.1, model, pre);
         assert_eq!(ng.stats().steps, 1, "{name}");
     }
@@ -273,17 +283,8 @@ fn a_panic_inside_the_ownership_probe_leaves_nothing_behind() {
             let _ = ng.owns(&panicking, &device);
         });
         assert!(msg.contains("this optimizer fails"), "{name}: {msg}");
-        let plain = {
-            let logits = model.logits2(tensor(1, [6, 4], 1.0, &device), &mut Capture::disabled());
-            let loss = burn::nn::loss::CrossEntropyLossConfig::new()
-                .init(&device)
-                .forward(logits, labels(2, 6, 3, &device));
-            GradientsParams::from_grads(loss.backward(), &model)
-        };
-        let msg = panic_message(|| {
-            optim.step(0.1, model.clone(), plain);
-        });
-        assert!(msg.contains("raw gradients"), "{name}: {msg}");
+        let x = tensor(1, [6, 4], 1.0, &device);
+        assert_raw_gradients_refused(&model, x, &mut optim, name);
         let (mut cap, x) = ng.capture(tensor(1, [6, 4], 1.0, &device));
         let logits = model.logits2(x, &mut cap);
         let out = ng.classification(&model, cap, logits, labels(2, 6, 3, &device));
