@@ -29,9 +29,9 @@ pub struct NaturalGradientOutput {
     /// Logits of the batch (the data copy), `[N, C]` (not tracked by autodiff).
     pub logits: Tensor<2>,
     /// The Fisher factors under derived ids, and the gradients: those of captured parameters
-    /// implicit (`g = U_dᵀ (w·1)` over the data rows, the data rows' per-example gradients summed), those of
-    /// uncovered ones (see [`UncoveredPolicy`](crate::UncoveredPolicy)) explicit. Pass it unchanged to
-    /// [`NaturalGradient::step`] or [`NaturalGradient::precondition`].
+    /// implicit (`g = U_dᵀ (w·1)` over the data rows: their per-example gradients summed), those
+    /// of uncovered ones (see [`UncoveredPolicy`](crate::UncoveredPolicy)) explicit. Pass it
+    /// unchanged to [`NaturalGradient::step`] or [`NaturalGradient::precondition`].
     pub grads: GradientsParams,
 }
 
@@ -76,7 +76,8 @@ impl NaturalGradient {
     }
 
     /// How many examples of a batch of `n` the Fisher is estimated on: the curvature batch,
-    /// at most `n` (see [`NaturalGradientConfig::curvature_batch`]).
+    /// at most `n` (see
+    /// [`NaturalGradientConfig::curvature_batch`](crate::NaturalGradientConfig::curvature_batch)).
     pub fn curvature_rows(&self, n: usize) -> usize {
         self.config.curvature_batch.map_or(n, |m| m.min(n))
     }

@@ -13,7 +13,7 @@ use super::BlockFactors;
 /// The data rows of a block whose Fisher rows are not the data's (the sampled Fisher, whose
 /// rows are labels drawn from the model, or a curvature batch, whose rows are the first `m` of
 /// the data's): the minibatch gradient is `U_dᵀ (w·1)` with these rows `U_d` (see
-/// [`Factors::gradient_weight`]).
+/// [`Factors::gradient_weight`](super::Factors::gradient_weight)).
 #[derive(Clone, Debug)]
 pub struct DataRows {
     /// The data rows' factors, of the same kind as the block's Fisher rows, scaled alike.
@@ -37,7 +37,7 @@ pub struct Block {
     /// The parameter's own shape.
     pub dims: Vec<usize>,
     /// The minibatch gradient in the matrix view, when registered explicitly; `None` when it is
-    /// implicit, `U_dᵀ (w·1)` (see [`Factors::gradient_weight`]).
+    /// implicit, `U_dᵀ (w·1)` (see [`Factors::gradient_weight`](super::Factors::gradient_weight)).
     pub grad: Option<Tensor<2>>,
     /// The per-example factors: the rows of the Fisher `UᵀU`.
     pub factors: BlockFactors,

@@ -1,6 +1,6 @@
-//! Drop-in layers: Burn's own layers that record into the active [`Capture`] when the forward
-//! pass runs inside [`Capture::scope`] (which [`NaturalGradient::train_step`] sets up), and are
-//! exactly Burn's layer otherwise.
+//! Drop-in layers: Burn's own layers that record into the active [`Capture`](crate::Capture)
+//! when the forward pass runs inside [`Capture::scope`](crate::Capture::scope) (which
+//! [`NaturalGradient::train_step`] sets up), and are exactly Burn's layer otherwise.
 //!
 //! Each wraps the Burn layer (public field `inner`, also reached through `Deref`) and visits,
 //! maps and records as that layer does, under the same names: a model switched to them keeps its
