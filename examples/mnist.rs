@@ -246,10 +246,6 @@ fn main() -> ExitCode {
         }
         s
     };
-    if let Err(e) = std::fs::create_dir_all(&args.out) {
-        eprintln!("error: cannot create {}: {e}", args.out.display());
-        return ExitCode::from(2);
-    }
     println!(
         "MNIST: {} train / {} test examples, MLP 784-{}-10, batch {}, {} epoch(s), backend {:?}",
         data.train.len(),

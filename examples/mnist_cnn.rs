@@ -174,10 +174,6 @@ fn main() -> ExitCode {
             }
         }
     }
-    if let Err(e) = std::fs::create_dir_all(&args.out) {
-        eprintln!("error: cannot create {}: {e}", args.out.display());
-        return ExitCode::from(2);
-    }
     let options = LoopOptions {
         epochs: if args.sweep { 1 } else { args.common.epochs },
         batch_size: args.batch_size,

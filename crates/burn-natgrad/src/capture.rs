@@ -106,15 +106,14 @@ pub(crate) fn with_active<R>(f: impl FnOnce(Option<&mut Capture>) -> R) -> R {
     ACTIVE.with(|active| f(active.borrow_mut().as_mut()))
 }
 
-/// Restores the capture that was active before a [`Capture::scope`], even if its closure
+/// Puts back the capture that was active before a [`Capture::scope`], even if its closure
 /// panics.
-struct Restore(Option<Option<Capture>>);
+struct Restore(Option<Capture>);
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        if let Some(previous) = self.0.take() {
-            ACTIVE.with(|active| *active.borrow_mut() = previous);
-        }
+        let previous = self.0.take();
+        ACTIVE.with(|active| *active.borrow_mut() = previous);
     }
 }
 
@@ -124,11 +123,10 @@ impl Capture {
     /// Returns the capture with what it recorded, and `f`'s result. Scopes nest: the previous
     /// active capture (or none) is restored afterwards, also when `f` panics.
     pub fn scope<R>(self, f: impl FnOnce() -> R) -> (Self, R) {
-        let previous = ACTIVE.with(|active| active.borrow_mut().replace(self));
-        let mut restore = Restore(Some(previous));
+        let restore = Restore(ACTIVE.with(|active| active.borrow_mut().replace(self)));
         let out = f();
-        let previous = restore.0.take().expect("restored once");
-        let capture = ACTIVE.with(|active| std::mem::replace(&mut *active.borrow_mut(), previous));
+        let capture = ACTIVE.with(|active| active.borrow_mut().take());
+        drop(restore);
         (capture.expect("the scope's capture is active"), out)
     }
 
@@ -201,8 +199,9 @@ impl Capture {
     }
 }
 
-/// Two uses of one parameter as one block: a weight's uses side by side along `T` (the
-/// per-example gradient `Σ_t xₜᵀδₜ` then sums over both), explicit or bias rows added.
+/// Two uses of one parameter as one block: a weight's or an embedding table's uses side by side
+/// along `T` (the per-example gradient, a sum over `t`, then sums over both), explicit or bias
+/// rows added.
 fn merge(a: BlockFactors, b: BlockFactors) -> Result<BlockFactors, NatGradError> {
     if a.rows() != b.rows() {
         return Err(NatGradError::InvalidInput(format!(
@@ -234,6 +233,22 @@ fn merge(a: BlockFactors, b: BlockFactors) -> Result<BlockFactors, NatGradError>
         (BlockFactors::Bias { output_grad: a }, BlockFactors::Bias { output_grad: b }) => {
             BlockFactors::Bias { output_grad: a + b }
         }
+        (
+            BlockFactors::Gather {
+                ids,
+                output_grad,
+                vocab,
+            },
+            BlockFactors::Gather {
+                ids: ids2,
+                output_grad: output_grad2,
+                ..
+            },
+        ) => BlockFactors::Gather {
+            ids: Tensor::cat(vec![ids, ids2], 1),
+            output_grad: Tensor::cat(vec![output_grad, output_grad2], 1),
+            vocab,
+        },
         (a, b) => BlockFactors::Dense {
             rows: a.dense_rows() + b.dense_rows(),
         },

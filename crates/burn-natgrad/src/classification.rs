@@ -178,37 +178,35 @@ impl NaturalGradient {
         let scale = fisher_scale(kind, n, m).sqrt();
         let w = Tensor::<1>::from_floats([1.0 / scale as f32], &logits.clone().inner().device());
         grads.register(gradient_weight_id(), w);
-        {
-            for (id, block) in layers.blocks {
-                let is_weight = matches!(block, BlockFactors::Weight { .. });
-                let (fisher, data) = match kind {
-                    FisherKind::Empirical if m == n => (block, None),
-                    FisherKind::Empirical => (
-                        block.clone().slice_rows(0, m),
-                        // The Fisher rows' input is the first m rows of the data's.
-                        Some((block, is_weight)),
-                    ),
-                    FisherKind::Sampled { .. } | FisherKind::Exact { .. } => {
-                        // A layer computed once for all copies keeps one input row per example,
-                        // which the data rows share.
-                        let shares_input = matches!(
-                            &block,
-                            BlockFactors::Weight { input, .. } if input.dims()[0] == n
-                        );
-                        (
-                            block.clone().slice_rows(n, rows),
-                            Some((block.slice_rows(0, n), shares_input)),
-                        )
-                    }
-                };
-                fisher.scaled(scale).register(id, &mut grads);
-                if let Some((factors, shares_input)) = data {
-                    DataRows {
-                        factors: factors.scaled(scale),
-                        shares_input,
-                    }
-                    .register(id, &mut grads);
+        for (id, block) in layers.blocks {
+            let is_weight = matches!(block, BlockFactors::Weight { .. });
+            let (fisher, data) = match kind {
+                FisherKind::Empirical if m == n => (block, None),
+                FisherKind::Empirical => (
+                    block.clone().slice_rows(0, m),
+                    // The Fisher rows' input is the first m rows of the data's.
+                    Some((block, is_weight)),
+                ),
+                FisherKind::Sampled { .. } | FisherKind::Exact { .. } => {
+                    // A layer computed once for all copies keeps one input row per example,
+                    // which the data rows share.
+                    let shares_input = matches!(
+                        &block,
+                        BlockFactors::Weight { input, .. } if input.dims()[0] == n
+                    );
+                    (
+                        block.clone().slice_rows(n, rows),
+                        Some((block.slice_rows(0, n), shares_input)),
+                    )
                 }
+            };
+            fisher.scaled(scale).register(id, &mut grads);
+            if let Some((factors, shares_input)) = data {
+                DataRows {
+                    factors: factors.scaled(scale),
+                    shares_input,
+                }
+                .register(id, &mut grads);
             }
         }
         // Every parameter with a gradient must now have factors, or be handled by the policy:

@@ -178,7 +178,7 @@ impl NaturalGradient {
         module: M,
         pre: Preconditioned,
     ) -> M {
-        let (Some(directions), Some(device)) = (pre.directions, pre.device) else {
+        let Some(directions) = pre.directions else {
             let reason = pre.skip_reason.unwrap_or_else(|| "no directions".into());
             let mut shared = self.lock();
             let stats = &mut shared.stats;
@@ -200,7 +200,12 @@ impl NaturalGradient {
             }
             return module;
         };
-        let device = module.devices().into_iter().next().unwrap_or(device);
+        // The model's own device: the probe is a parameter like the model's.
+        let device = module
+            .devices()
+            .into_iter()
+            .next()
+            .expect("a model with factors has parameters");
         assert!(
             self.owns(optim, &device),
             "{}",

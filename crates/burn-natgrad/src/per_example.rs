@@ -159,28 +159,33 @@ where
             sums: Some(&mut sums),
             rows: &mut data_rows,
         });
-        let curvature = i < m;
-        if let (FisherKind::Exact { classes }, true) = (kind, curvature) {
-            // One row per class, weighted by √p_c (detached): Σ_c p_c g_c g_cᵀ.
-            let p = softmax(logits.clone().inner(), 1).sqrt().reshape([classes]);
-            for c in 0..classes {
-                let label = Tensor::<1, Int>::from_ints([c as i32], &x.device());
-                let weight = p.clone().narrow(0, c, 1).to_device(&x.device());
-                let loss =
-                    cross_entropy_rows(forward(model, x.clone()), label).reshape([1]) * weight;
-                let source = GradientsParams::from_grads(loss.backward(), model);
-                model.visit(&mut Collect {
-                    source: &source,
-                    sums: None,
-                    rows: &mut sampled_rows,
-                });
-            }
-        }
-        if let (FisherKind::Sampled { samples }, true) = (kind, curvature) {
-            let drawn = sample_labels(logits.inner(), samples, natgrad.config().seed);
-            for &label in &drawn {
+        if i < m {
+            // The Fisher rows of a curvature example: (label, weight of its loss). Exact: every
+            // class, weighted by √p_c (detached), so Σ_c p_c g_c g_cᵀ; sampled: the drawn labels.
+            let rows: Vec<(i64, f64)> = match kind {
+                FisherKind::Empirical => Vec::new(),
+                FisherKind::Exact { .. } => softmax(logits.inner(), 1)
+                    .sqrt()
+                    .into_data()
+                    .convert::<f64>()
+                    .try_into_vec::<f64>()
+                    .expect("float data")
+                    .into_iter()
+                    .enumerate()
+                    .map(|(c, w)| (c as i64, w))
+                    .collect(),
+                FisherKind::Sampled { samples } => {
+                    sample_labels(logits.inner(), samples, natgrad.config().seed)
+                        .into_iter()
+                        .map(|label| (label, 1.0))
+                        .collect()
+                }
+            };
+            for (label, weight) in rows {
                 let label = Tensor::<1, Int>::from_ints([label as i32], &x.device());
-                let loss = cross_entropy_rows(forward(model, x.clone()), label).reshape([1]);
+                let loss = cross_entropy_rows(forward(model, x.clone()), label)
+                    .reshape([1])
+                    .mul_scalar(weight);
                 let source = GradientsParams::from_grads(loss.backward(), model);
                 model.visit(&mut Collect {
                     source: &source,

@@ -6,7 +6,7 @@
 
 use burn::module::{Module, ParamId};
 use burn::optim::{GradientsParams, LearningRate};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 
 use crate::error::NatGradError;
 use crate::factors::Factors;
@@ -34,8 +34,6 @@ pub struct Preconditioned {
     pub skip_reason: Option<String>,
     /// How many tensors `directions` holds.
     pub(crate) count: usize,
-    /// Where the directions live.
-    pub(crate) device: Option<Device>,
 }
 
 impl Preconditioned {
@@ -49,7 +47,6 @@ impl Preconditioned {
             residual: 0.0,
             skip_reason: Some(reason),
             count: 0,
-            device: None,
         }
     }
 }
@@ -166,7 +163,6 @@ impl NaturalGradient {
             _ => 1.0,
         };
         let mut out = GradientsParams::new();
-        let device = factors.blocks[0].factors.device();
         let count = factors.blocks.len() + factors.uncovered.len();
         let shaped = factors
             .blocks
@@ -193,7 +189,6 @@ impl NaturalGradient {
             residual,
             skip_reason: None,
             count,
-            device: Some(device),
         })
     }
 }

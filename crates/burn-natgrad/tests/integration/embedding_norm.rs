@@ -103,3 +103,54 @@ fn embedding_and_layer_norm_rules_match_the_per_example_loop() {
         }
     }
 }
+
+/// One table read twice (tied embeddings): the uses merge along `T` into one gather block (no
+/// one-hot rows), whose per-example gradients are the loop's.
+#[derive(Module, Debug)]
+struct TiedNet {
+    embedding: Embedding,
+    fc: Linear,
+}
+
+impl TiedNet {
+    fn logits(&self, ids: Tensor<2>, cap: &mut Capture) -> Tensor<2> {
+        let [n, _] = ids.dims();
+        let shifted: Tensor<2, Int> = ids.clone().add_scalar(1.0).int().remainder_scalar(7);
+        let a = cap.embedding(&self.embedding, ids.int());
+        let b = cap.embedding(&self.embedding, shifted);
+        let h = (a + b).mean_dim(1).reshape([n, 4]);
+        cap.linear(&self.fc, h)
+    }
+}
+
+#[test]
+fn an_embedding_used_twice_stays_one_gather_block() {
+    for (name, device) in backends() {
+        let base = TokenNet::new(&device);
+        let model = TiedNet {
+            embedding: base.embedding,
+            fc: Mlp::new(&[4, 3], true, 6, &device).layers.remove(0),
+        };
+        let ng = NaturalGradientConfig::new().build();
+        let (x, y) = (ids(5, &device), labels(9, 5, 3, &device));
+        let (mut cap, xc) = ng.capture(x.clone());
+        let logits = model.logits(xc, &mut cap);
+        let probe = ng
+            .try_classification(&model, cap, logits, y.clone())
+            .unwrap();
+        let looped = per_example_classification(&ng, &model, x, y, |m: &TiedNet, x| {
+            m.logits(x, &mut Capture::disabled())
+        })
+        .unwrap();
+        let fp = Factors::from_grads(&model, &probe.grads).unwrap();
+        let fl = Factors::from_grads(&model, &looped.grads).unwrap();
+        assert!(
+            matches!(
+                fp.blocks[0].factors,
+                burn_natgrad::testing::BlockFactors::Gather { .. }
+            ),
+            "{name}: the two uses were not merged into a gather block"
+        );
+        assert_blocks_match(&fp, &fl, name);
+    }
+}
