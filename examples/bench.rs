@@ -24,9 +24,11 @@ use std::time::Instant;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, Distribution, Int, Tensor};
-use burn_natgrad::{Capture, FisherKind, NaturalGradient, NaturalGradientConfig, SolverKind};
+use burn_natgrad::{
+    Capture, CurvatureKind, FisherKind, NaturalGradient, NaturalGradientConfig, SolverKind,
+};
 
-const METHODS: [&str; 11] = [
+const METHODS: [&str; 14] = [
     "sgd",
     "adam",
     "ngd-empirical-gram",
@@ -36,6 +38,9 @@ const METHODS: [&str; 11] = [
     "ngd-sampled-4",
     "ngd-empirical-gram-cb32",
     "ngd-sampled-1-cb32",
+    "kfac-empirical",
+    "kfac-sampled-1",
+    "kfac-empirical-inv1",
     "factors",
     "forward-backward",
 ];
@@ -101,6 +106,15 @@ fn natgrad(method: &str) -> Option<NaturalGradient> {
             .with_cg_check_every(0),
         "ngd-sampled-1" => c.with_fisher(FisherKind::Sampled { samples: 1 }),
         "ngd-sampled-4" => c.with_fisher(FisherKind::Sampled { samples: 4 }),
+        // KFAC with its usual settings (inverses every 10 steps), and inverting every step.
+        "kfac-empirical" => c.with_curvature(CurvatureKind::kfac()),
+        "kfac-sampled-1" => c
+            .with_curvature(CurvatureKind::kfac())
+            .with_fisher(FisherKind::Sampled { samples: 1 }),
+        "kfac-empirical-inv1" => c.with_curvature(CurvatureKind::Kfac {
+            decay: 0.95,
+            inverse_period: 1,
+        }),
         _ => return None,
     };
     Some(c.build())

@@ -20,7 +20,7 @@ use natgrad_mnist::{
 
 #[path = "shared/cli.rs"]
 mod cli;
-use cli::{checked_data, device, Checks, Common, ADAM_GRID, SGD_GRID};
+use cli::{checked_data, device, Checks, Common, CurvatureArgs, ADAM_GRID, SGD_GRID};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Opt {
@@ -66,27 +66,32 @@ struct Args {
     /// curvature batch; the gradient still uses the whole batch) [default: the whole batch].
     #[arg(long)]
     curvature_batch: Option<usize>,
-    /// Solver of the natural gradient.
+    /// Solver of the natural gradient (`--curvature full`).
     #[arg(long, value_enum, default_value_t = Solver::Gram)]
     solver: Solver,
-    /// Tikhonov damping λ of the natural gradient [default: 5 empirical, 1 sampled].
+    #[command(flatten)]
+    curvature: CurvatureArgs,
+    /// Tikhonov damping λ of the natural gradient [default: 5 empirical, 1 sampled; KFAC 0.03
+    /// empirical, 0.05 sampled].
     #[arg(long)]
     damping: Option<f64>,
-    /// Learning rate of the natural gradient [default: 5 empirical, 1 sampled].
+    /// Learning rate of the natural gradient [default: 5 empirical, 1 sampled; KFAC 0.1
+    /// empirical, 0.2 sampled].
     #[arg(long)]
     lr: Option<f64>,
     /// KL trust region of the natural gradient, 0 for none [default: 0 empirical, 0.01
-    /// sampled].
+    /// sampled; KFAC 0].
     #[arg(long)]
     kl_max: Option<f64>,
-    /// Momentum of the natural gradient, 0 for none [default: 0.7 empirical, 0 sampled].
+    /// Momentum of the natural gradient, 0 for none [default: 0.7 empirical, 0 sampled; KFAC
+    /// 0].
     #[arg(long)]
     momentum: Option<f64>,
     /// Learning rate of SGD (the best of its grid, see --sweep).
     #[arg(long, default_value_t = 0.5)]
     sgd_lr: f64,
     /// Learning rate of Adam (the best of its grid, see --sweep).
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = 5e-3)]
     adam_lr: f64,
     /// Batch size.
     #[arg(long, default_value_t = 128)]
@@ -119,17 +124,29 @@ const NGD_GRID: [(f64, f64, f64); 5] = [
     (3.0, 3.0, 0.7),
 ];
 
-/// The natural gradient's defaults, `(lr, damping, momentum, kl_max)`, by Fisher: the empirical
-/// ones won `--sweep`; the sampled Fisher needs a trust region (see README).
-fn ngd_defaults(fisher: Fisher) -> (f64, f64, f64, f64) {
-    match fisher {
-        Fisher::Empirical => (5.0, 5.0, 0.7, 0.0),
-        Fisher::Sampled | Fisher::Exact => (1.0, 1.0, 0.0, 0.01),
+/// KFAC's sweep grid, `(lr, damping, momentum)` (`--curvature kfac`, either Fisher).
+const KFAC_GRID: [(f64, f64, f64); 5] = [
+    (0.1, 0.03, 0.0),
+    (0.2, 0.05, 0.0),
+    (0.3, 0.1, 0.0),
+    (0.5, 0.2, 0.0),
+    (1.0, 1.0, 0.7),
+];
+
+/// The natural gradient's defaults, `(lr, damping, momentum, kl_max)`: the empirical Gram's
+/// won `--sweep`; the sampled Gram needs a trust region (see README); KFAC's won its `--sweep`
+/// for both Fishers.
+fn ngd_defaults(args: &Args) -> (f64, f64, f64, f64) {
+    match (args.curvature.kfac(), args.fisher) {
+        (true, Fisher::Empirical) => (0.1, 0.03, 0.0, 0.0),
+        (true, Fisher::Sampled | Fisher::Exact) => (0.2, 0.05, 0.0, 0.0),
+        (false, Fisher::Empirical) => (5.0, 5.0, 0.7, 0.0),
+        (false, Fisher::Sampled | Fisher::Exact) => (1.0, 1.0, 0.0, 0.01),
     }
 }
 
 fn kl_max(args: &Args) -> Option<f64> {
-    let kl = args.kl_max.unwrap_or(ngd_defaults(args.fisher).3);
+    let kl = args.kl_max.unwrap_or(ngd_defaults(args).3);
     (kl != 0.0).then_some(kl)
 }
 
@@ -147,6 +164,7 @@ fn ngd_config(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpe
             Solver::CgSample => SolverKind::CgSample,
             Solver::CgParam => SolverKind::CgParam,
         })
+        .with_curvature(args.curvature.kind())
         .with_damping(damping)
         .with_curvature_batch(args.curvature_batch)
         .with_kl_max(kl_max(args));
@@ -160,7 +178,19 @@ fn ngd_config(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpe
     OptimizerSpec::Ngd { config, lr }
 }
 
-/// Every numeric option and the output folder, before anything is loaded.
+/// The natural gradient of the command line: its options, or their defaults.
+fn ngd_spec(args: &Args) -> OptimizerSpec {
+    let (lr, damping, momentum, _) = ngd_defaults(args);
+    ngd_config(
+        args,
+        args.lr.unwrap_or(lr),
+        args.damping.unwrap_or(damping),
+        args.momentum.unwrap_or(momentum),
+    )
+}
+
+/// Every numeric option, the natural gradient's configuration and the output folder, before
+/// anything is loaded.
 fn check(args: &Args) -> Result<(), String> {
     let mut checks = Checks::default();
     checks
@@ -173,6 +203,7 @@ fn check(args: &Args) -> Result<(), String> {
     if let Some(m) = args.curvature_batch {
         checks.at_least_one("curvature-batch", m);
     }
+    args.curvature.check(&mut checks);
     if let Some(lr) = args.lr {
         checks.positive("lr", lr);
     }
@@ -185,6 +216,9 @@ fn check(args: &Args) -> Result<(), String> {
     if let Some(m) = args.momentum {
         checks.fraction("momentum", m);
     }
+    if let OptimizerSpec::Ngd { config, .. } = ngd_spec(args) {
+        checks.config(&config);
+    }
     checks.finish(&args.common, &args.out)
 }
 
@@ -194,19 +228,7 @@ fn main() -> ExitCode {
         Ok(data) => data,
         Err(code) => return code,
     };
-    let (lr, damping, momentum, _) = ngd_defaults(args.fisher);
-    let ngd = ngd_config(
-        &args,
-        args.lr.unwrap_or(lr),
-        args.damping.unwrap_or(damping),
-        args.momentum.unwrap_or(momentum),
-    );
-    if let OptimizerSpec::Ngd { config, .. } = &ngd {
-        if let Err(e) = config.validate() {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    }
+    let ngd = ngd_spec(&args);
     let options = RunOptions {
         epochs: if args.sweep { 1 } else { args.common.epochs },
         batch_size: args.batch_size,
@@ -222,7 +244,12 @@ fn main() -> ExitCode {
         let mut s = Vec::new();
         if wants(Opt::Ngd) {
             // Five configurations, as many as SGD's grid: (lr, damping, momentum).
-            for (lr, damping, momentum) in NGD_GRID {
+            let grid = if args.curvature.kfac() {
+                KFAC_GRID
+            } else {
+                NGD_GRID
+            };
+            for (lr, damping, momentum) in grid {
                 s.push(ngd_config(&args, lr, damping, momentum));
             }
         }
@@ -335,7 +362,14 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     if args.sweep {
-        for name in ["ngd-empirical", "ngd-sampled", "sgd", "adam"] {
+        for name in [
+            "ngd-empirical",
+            "ngd-sampled",
+            "kfac-empirical",
+            "kfac-sampled",
+            "sgd",
+            "adam",
+        ] {
             if let Some(best) = results
                 .iter()
                 .filter(|r| r.spec.name() == name)

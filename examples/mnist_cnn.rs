@@ -18,7 +18,7 @@ use natgrad_mnist::{plot, results_csv, results_table, train_cnn, LoopOptions, Op
 
 #[path = "shared/cli.rs"]
 mod cli;
-use cli::{checked_data, device, Checks, Common, ADAM_GRID, SGD_GRID};
+use cli::{checked_data, device, Checks, Common, CurvatureArgs, ADAM_GRID, SGD_GRID};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Opt {
@@ -35,12 +35,13 @@ struct Args {
     /// Optimizers to run, one after another on the same data order and seed (repeatable).
     #[arg(long = "optimizer", value_enum, default_values_t = [Opt::All])]
     optimizers: Vec<Opt>,
-    /// Learning rate of the natural gradient (the best of its grid, see --sweep).
-    #[arg(long, default_value_t = 10.0)]
-    lr: f64,
-    /// Tikhonov damping λ of the natural gradient.
-    #[arg(long, default_value_t = 5.0)]
-    damping: f64,
+    /// Learning rate of the natural gradient (the best of its grid, see --sweep) [default: 10;
+    /// KFAC 0.3].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Tikhonov damping λ of the natural gradient [default: 5; KFAC 0.5].
+    #[arg(long)]
+    damping: Option<f64>,
     /// Momentum of the natural gradient, 0 for none.
     #[arg(long, default_value_t = 0.0)]
     momentum: f64,
@@ -50,11 +51,13 @@ struct Args {
     /// Estimate the natural gradient's Fisher on the first N examples of each batch.
     #[arg(long)]
     curvature_batch: Option<usize>,
+    #[command(flatten)]
+    curvature: CurvatureArgs,
     /// Learning rate of SGD (the best of its grid, see --sweep).
     #[arg(long, default_value_t = 0.3)]
     sgd_lr: f64,
     /// Learning rate of Adam (the best of its grid, see --sweep).
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = 5e-3)]
     adam_lr: f64,
     /// Batch size.
     #[arg(long, default_value_t = 64)]
@@ -94,9 +97,30 @@ const NGD_GRID: [(f64, f64, f64); 5] = [
     (10.0, 5.0, 0.0),
 ];
 
+/// KFAC's sweep grid, `(lr, damping, momentum)` (`--curvature kfac`): `lr / λ` near SGD's best
+/// learning rate, since the convolutions' small Fisher blocks leave them moving by about `g/λ`.
+const KFAC_GRID: [(f64, f64, f64); 5] = [
+    (0.1, 0.3, 0.0),
+    (0.3, 1.0, 0.0),
+    (1.0, 3.0, 0.0),
+    (0.03, 0.1, 0.0),
+    (0.3, 0.5, 0.0),
+];
+
+/// `(lr, damping)` of the command line, or the best of the grid `--curvature` sweeps.
+fn lr_damping(args: &Args) -> (f64, f64) {
+    let (lr, damping) = if args.curvature.kfac() {
+        (0.3, 0.5)
+    } else {
+        (10.0, 5.0)
+    };
+    (args.lr.unwrap_or(lr), args.damping.unwrap_or(damping))
+}
+
 fn ngd(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpec {
     let mut config = NaturalGradientConfig::new()
         .with_damping(damping)
+        .with_curvature(args.curvature.kind())
         .with_curvature_batch(args.curvature_batch)
         .with_kl_max((args.kl_max > 0.0).then_some(args.kl_max))
         .with_uncovered(if args.bn_scale > 0.0 {
@@ -115,15 +139,16 @@ fn ngd(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpec {
     OptimizerSpec::Ngd { config, lr }
 }
 
-/// Every numeric option and the output folder, before anything is loaded.
+/// Every numeric option, the natural gradient's configuration and the output folder, before
+/// anything is loaded.
 fn check(args: &Args) -> Result<(), String> {
     let mut checks = Checks::default();
     checks
         .at_least_one("batch-size", args.batch_size)
         .at_least_one("hidden", args.hidden)
         .at_least_one("evals-per-epoch", args.evals_per_epoch)
-        .positive("lr", args.lr)
-        .positive("damping", args.damping)
+        .positive("lr", lr_damping(args).0)
+        .positive("damping", lr_damping(args).1)
         .positive("sgd-lr", args.sgd_lr)
         .positive("adam-lr", args.adam_lr)
         .fraction("momentum", args.momentum)
@@ -132,6 +157,11 @@ fn check(args: &Args) -> Result<(), String> {
         .non_negative("bn-scale", args.bn_scale);
     if let Some(m) = args.curvature_batch {
         checks.at_least_one("curvature-batch", m);
+    }
+    args.curvature.check(&mut checks);
+    let (lr, damping) = lr_damping(args);
+    if let OptimizerSpec::Ngd { config, .. } = ngd(args, lr, damping, args.momentum) {
+        checks.config(&config);
     }
     checks.finish(&args.common, &args.out)
 }
@@ -147,7 +177,12 @@ fn main() -> ExitCode {
     let mut specs = Vec::new();
     if args.sweep {
         if wants(Opt::Ngd) {
-            specs.extend(NGD_GRID.map(|(lr, d, m)| ngd(&args, lr, d, m)));
+            let grid = if args.curvature.kfac() {
+                KFAC_GRID
+            } else {
+                NGD_GRID
+            };
+            specs.extend(grid.map(|(lr, d, m)| ngd(&args, lr, d, m)));
         }
         if wants(Opt::Sgd) {
             specs.extend(SGD_GRID.map(|lr| OptimizerSpec::Sgd { lr }));
@@ -157,21 +192,14 @@ fn main() -> ExitCode {
         }
     } else {
         if wants(Opt::Ngd) {
-            specs.push(ngd(&args, args.lr, args.damping, args.momentum));
+            let (lr, damping) = lr_damping(&args);
+            specs.push(ngd(&args, lr, damping, args.momentum));
         }
         if wants(Opt::Sgd) {
             specs.push(OptimizerSpec::Sgd { lr: args.sgd_lr });
         }
         if wants(Opt::Adam) {
             specs.push(OptimizerSpec::Adam { lr: args.adam_lr });
-        }
-    }
-    for spec in &specs {
-        if let OptimizerSpec::Ngd { config, .. } = spec {
-            if let Err(e) = config.validate() {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
         }
     }
     let options = LoopOptions {

@@ -67,6 +67,18 @@ fn bad_values_of_the_mlp_example_are_refused() {
             vec!["--batch-size", "x"],
             "invalid value 'x' for '--batch-size",
         ),
+        (
+            vec!["--curvature", "kfac", "--kfac-inverse-period", "0"],
+            "--kfac-inverse-period must be at least 1",
+        ),
+        (
+            vec!["--curvature", "kfac", "--kfac-decay", "1"],
+            "--kfac-decay must lie in [0, 1)",
+        ),
+        (
+            vec!["--curvature", "kfac", "--solver", "cg-sample"],
+            "does not apply to KFAC",
+        ),
     ] {
         let mut all = vec!["--out", out];
         all.extend(args);
@@ -109,6 +121,10 @@ fn bad_values_of_the_cnn_example_are_refused() {
         (vec!["--lr", "nan"], "--lr must be a finite number > 0"),
         (vec!["--momentum", "-0.1"], "--momentum must lie in [0, 1)"),
         (vec!["--limit", "0"], "--limit must be at least 1"),
+        (
+            vec!["--kfac-decay", "-0.5"],
+            "--kfac-decay must lie in [0, 1)",
+        ),
     ] {
         let mut all = vec!["--out", out];
         all.extend(args);

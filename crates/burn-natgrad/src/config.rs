@@ -48,12 +48,45 @@ impl UncoveredPolicy {
     }
 }
 
+/// Which approximation of the Fisher the step inverts.
+#[derive(Config, Debug, PartialEq, Copy)]
+pub enum CurvatureKind {
+    /// The Fisher of the batch's rows as it is, coupled across all parameters (or per layer,
+    /// [`block_diagonal`](NaturalGradientConfig::block_diagonal)), solved by
+    /// [`NaturalGradientConfig::solver`] (the default).
+    Full,
+    /// Kronecker-factored approximate curvature (Martens & Grosse, "Optimizing Neural Networks
+    /// with Kronecker-factored Approximate Curvature", 2015): one block per parameter tensor,
+    /// `A ⊗ G` for a weight, from the same captured factors, averaged over steps, with factored
+    /// Tikhonov damping (the π correction, §6.3). Its state is part of the optimizer record.
+    Kfac {
+        /// Decay `ε ∈ [0, 1)` of the factors' exponential moving average, `A ← ε A + (1 − ε)
+        /// A_batch` (Martens & Grosse use 0.95).
+        decay: f64,
+        /// Recompute the factors' inverses every this many steps (≥ 1).
+        inverse_period: usize,
+    },
+}
+
+impl CurvatureKind {
+    /// KFAC with the usual settings: decay 0.95, inverses every 10 steps.
+    pub fn kfac() -> Self {
+        CurvatureKind::Kfac {
+            decay: 0.95,
+            inverse_period: 10,
+        }
+    }
+}
+
 /// Configuration of the [`NaturalGradient`] optimizer.
 #[derive(Config, Debug)]
 pub struct NaturalGradientConfig {
     /// Which Fisher preconditions the gradient. Default: [`FisherKind::Empirical`].
     #[config(default = "FisherKind::Empirical")]
     pub fisher: FisherKind,
+    /// Which approximation of it is inverted. Default: [`CurvatureKind::Full`].
+    #[config(default = "CurvatureKind::Full")]
+    pub curvature: CurvatureKind,
     /// How `(F + λI) d = g` is solved. Default: [`SolverKind::Gram`] (exact).
     #[config(default = "SolverKind::Gram")]
     pub solver: SolverKind,
@@ -139,6 +172,35 @@ impl NaturalGradientConfig {
                 field: "fisher",
                 reason: "Sampled { samples } needs at least one sample per example, got 0".into(),
             });
+        }
+        if let CurvatureKind::Kfac {
+            decay,
+            inverse_period,
+        } = self.curvature
+        {
+            if !decay.is_finite() || !(0.0..1.0).contains(&decay) {
+                return Err(NatGradError::InvalidConfig {
+                    field: "curvature.decay",
+                    reason: format!("must lie in [0, 1), got {decay}"),
+                });
+            }
+            if inverse_period == 0 {
+                return Err(NatGradError::InvalidConfig {
+                    field: "curvature.inverse_period",
+                    reason: "must be at least 1 step, got 0".into(),
+                });
+            }
+            if self.solver != SolverKind::Gram {
+                return Err(NatGradError::InvalidConfig {
+                    field: "solver",
+                    reason: format!(
+                        "{:?} does not apply to KFAC, which inverts its Kronecker factors \
+                         itself: leave the solver at its default (Gram) or use \
+                         CurvatureKind::Full",
+                        self.solver
+                    ),
+                });
+            }
         }
         if let UncoveredPolicy::ScaledGradient { scale } = self.uncovered {
             check_positive("uncovered.scale", scale)?;

@@ -15,7 +15,8 @@
 //!   on the whole batch or on a curvature batch of its first `m` examples
 //!   ([`NaturalGradientConfig::curvature_batch`]);
 //! * solves the damped system exactly in sample space (Woodbury/Gram) or by conjugate gradient
-//!   in sample or parameter space ([`SolverKind`]);
+//!   in sample or parameter space ([`SolverKind`]), or inverts a Kronecker-factored (KFAC)
+//!   approximation of it built from the same factors ([`CurvatureKind`]);
 //! * applies a KL trust region, momentum and weight decay, and plugs into Burn's
 //!   `ModuleOptimizer`, `Learner` and checkpoints ([`NaturalGradient`]).
 //!
@@ -29,9 +30,11 @@ mod error;
 mod factors;
 mod fisher;
 mod glue;
+mod kfac;
 pub mod nn;
 mod optimizer;
 mod per_example;
+mod per_tensor;
 mod precondition;
 mod rules;
 mod solver;
@@ -39,14 +42,18 @@ mod solver;
 mod test_devices;
 pub mod testing;
 
+// Burn's `#[derive(RecordState)]` names these at the crate root (`crate::StateSink`, …).
+pub(crate) use burn::optim::{join_path, RecordState, StateSink, StateSource};
+
 pub use capture::{Capture, CapturedFactors};
 pub use classification::NaturalGradientOutput;
-pub use config::{NaturalGradientConfig, UncoveredPolicy};
+pub use config::{CurvatureKind, NaturalGradientConfig, UncoveredPolicy};
 pub use error::NatGradError;
 pub use fisher::FisherKind;
 #[doc(hidden)]
 pub use glue::__private;
 pub use glue::NaturalGradientField;
+pub use kfac::{KfacState, NaturalGradientState};
 pub use optimizer::{NaturalGradient, StepStats};
 pub use per_example::per_example_classification;
 pub use precondition::Preconditioned;

@@ -19,15 +19,19 @@
 //! after [`max_consecutive_skips`](crate::NaturalGradientConfig::max_consecutive_skips) in a row
 //! training stops with an error saying what was not finite.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
-use burn::module::{Module, Param};
-use burn::optim::{GradientsParams, LearningRate, ModuleOptimizer, Optimizer, Sgd, SgdState};
+use burn::module::{Module, Param, ParamId};
+use burn::optim::{GradientsParams, ModuleOptimizer, Sgd};
 use burn::tensor::{Device, Tensor};
 
-use crate::config::NaturalGradientConfig;
+use crate::config::{CurvatureKind, NaturalGradientConfig};
 use crate::error::NatGradError;
+use crate::kfac::state::{zero_grads, ParamOrder};
+use crate::kfac::KfacState;
+use crate::per_tensor::{PROBE, READ};
 use crate::precondition::Preconditioned;
 
 /// Counters of the coupled step, shared by all clones of one [`NaturalGradient`].
@@ -58,30 +62,29 @@ pub struct StepStats {
 /// It has two faces:
 /// * the coupled step ([`capture`](Self::capture), [`classification`](Self::classification),
 ///   [`step`](Self::step)), which needs all parameters at once;
-/// * Burn's per-tensor [`Optimizer`] (momentum, weight decay, learning rate), which
-///   [`ModuleOptimizer`] wraps, so records and checkpoints are Burn's own.
+/// * Burn's per-tensor [`Optimizer`](burn::optim::Optimizer) (momentum, weight decay, learning
+///   rate), which [`ModuleOptimizer`] wraps, so records and checkpoints are Burn's own.
 ///
 /// Clones share their [`StepStats`].
 #[derive(Clone)]
 pub struct NaturalGradient {
     pub(crate) config: NaturalGradientConfig,
-    sgd: Sgd,
+    pub(crate) sgd: Sgd,
     shared: Arc<Mutex<Shared>>,
 }
 
-/// State shared by the clones of one [`NaturalGradient`]: the counters, and how many
-/// preconditioned directions the per-tensor part may still consume.
+/// State shared by the clones of one [`NaturalGradient`]: the counters, how many
+/// preconditioned directions the per-tensor part may still consume and, with KFAC, every
+/// block's state (also kept, for the record, in the per-tensor states), the parameters the
+/// per-tensor part steps next, in order, and whether the state was read back from the
+/// `ModuleOptimizer` (a resumed run).
 #[derive(Debug, Default)]
-struct Shared {
-    stats: StepStats,
-    pending: usize,
-}
-
-thread_local! {
-    /// While [`NaturalGradient::owns`] runs on this thread: the address of the probing
-    /// optimizer's shared state, and whether its per-tensor part was reached. Every
-    /// `NaturalGradient`'s per-tensor part then only notes the call and changes nothing.
-    static PROBE: std::cell::Cell<Option<(usize, bool)>> = const { std::cell::Cell::new(None) };
+pub(crate) struct Shared {
+    pub(crate) stats: StepStats,
+    pub(crate) pending: usize,
+    pub(crate) kfac: HashMap<ParamId, KfacState>,
+    pub(crate) order: VecDeque<(ParamId, Vec<usize>)>,
+    pub(crate) resumed: bool,
 }
 
 impl core::fmt::Debug for NaturalGradient {
@@ -118,12 +121,17 @@ impl NaturalGradient {
         self.lock().stats.clone()
     }
 
+    /// The KFAC state of a parameter, as of the last applied step.
+    pub(crate) fn kfac_state(&self, id: ParamId) -> Option<KfacState> {
+        self.lock().kfac.get(&id).cloned()
+    }
+
     /// Identifies the shared state of this optimizer and its clones.
-    fn address(&self) -> usize {
+    pub(crate) fn address(&self) -> usize {
         Arc::as_ptr(&self.shared) as usize
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -159,6 +167,58 @@ impl NaturalGradient {
         let _clear = Clear;
         let _ = optim.clone().step(0.0, probe, grads);
         PROBE.with(|p| p.get()).is_some_and(|(_, reached)| reached)
+    }
+
+    /// With [`CurvatureKind::Kfac`]: reads the KFAC state back from `optim`'s per-parameter
+    /// states (a `ModuleOptimizer` loaded from a record or checkpoint), so that the moving
+    /// averages continue where the recorded run stopped. [`step`](Self::step) does it on its
+    /// first call; call it yourself before [`precondition`](Self::precondition) when you load
+    /// another record into the same optimizer, or use `precondition` and `apply` directly.
+    /// Returns how many parameters had a KFAC state.
+    ///
+    /// # Panics
+    /// If a recorded state belongs to another parameter than the one it is stored under.
+    pub fn resume_from<M: Module>(&self, optim: &ModuleOptimizer, module: &M) -> usize {
+        let mut order = ParamOrder {
+            grads: None,
+            order: Vec::new(),
+        };
+        module.visit(&mut order);
+        /// Clears the reading mode even if the optimizer panics.
+        struct Clear;
+        impl Drop for Clear {
+            fn drop(&mut self) {
+                READ.with(|r| r.borrow_mut().take());
+            }
+        }
+        READ.with(|r| *r.borrow_mut() = Some((self.address(), Vec::new())));
+        let _clear = Clear;
+        let _ = optim.clone().step(0.0, module.clone(), zero_grads(module));
+        let read = READ.with(|r| r.borrow_mut().take()).map(|(_, v)| v);
+        let mut shared = self.lock();
+        shared.resumed = true;
+        let mut found = 0;
+        for ((id, _), state) in order.order.into_iter().zip(read.into_iter().flatten()) {
+            if let Some(state) = state {
+                assert_eq!(
+                    state.param,
+                    id.val(),
+                    "natural gradient: the recorded KFAC state of parameter {} was handed to \
+                     parameter {id}: the record does not belong to this model",
+                    state.param
+                );
+                shared.kfac.insert(id, state);
+                found += 1;
+            }
+        }
+        found
+    }
+
+    fn resume_once<M: Module>(&self, optim: &ModuleOptimizer, module: &M) {
+        let kfac = matches!(self.config.curvature, CurvatureKind::Kfac { .. });
+        if kfac && !self.lock().resumed {
+            self.resume_from(optim, module);
+        }
     }
 
     /// Applies a [`precondition`](Self::precondition)ed step with `optim` (weight decay,
@@ -211,6 +271,24 @@ impl NaturalGradient {
             "{}",
             NatGradError::ForeignOptimizer
         );
+        if !pre.kfac.is_empty() {
+            let resumed = self.lock().resumed;
+            assert!(
+                resumed || self.resume_from(optim, &module) == 0,
+                "natural gradient: `optim` holds a recorded KFAC state that this direction did \
+                 not use: call `resume_from(optim, module)` before `precondition` (`step` does)"
+            );
+            let mut order = ParamOrder {
+                grads: Some(&directions),
+                order: Vec::new(),
+            };
+            module.visit(&mut order);
+            let mut shared = self.lock();
+            shared.order = order.order.into();
+            for state in pre.kfac {
+                shared.kfac.insert(ParamId::from(state.param), state);
+            }
+        }
         {
             let mut shared = self.lock();
             let stats = &mut shared.stats;
@@ -227,7 +305,9 @@ impl NaturalGradient {
         struct Consumed<'a>(&'a NaturalGradient);
         impl Drop for Consumed<'_> {
             fn drop(&mut self) {
-                self.0.lock().pending = 0;
+                let mut shared = self.0.lock();
+                shared.pending = 0;
+                shared.order.clear();
             }
         }
         let _consumed = Consumed(self);
@@ -252,50 +332,10 @@ impl NaturalGradient {
         grads: GradientsParams,
     ) -> M {
         let lr = lr.into();
+        self.resume_once(optim, &module);
         let pre = self
             .precondition(&module, lr.base(), &grads)
             .unwrap_or_else(|e| panic!("{e}"));
         self.apply(optim, lr, module, pre)
-    }
-}
-
-impl Optimizer for NaturalGradient {
-    type State<const D: usize> = SgdState<D>;
-
-    /// The per-tensor part: `grad` is the natural-gradient direction computed by
-    /// [`NaturalGradient::precondition`]; weight decay, momentum and `lr` are applied as Burn's
-    /// SGD applies them.
-    ///
-    /// # Panics
-    /// When handed more tensors than the last [`apply`](NaturalGradient::apply) holds, i.e. raw
-    /// gradients: `TrainStep::optimize` was not overridden, the Learner ran multi-device
-    /// training (`optimize_multi`), or the [`ModuleOptimizer`] comes from another
-    /// `NaturalGradient` than the one that preconditioned.
-    fn step<const D: usize>(
-        &self,
-        lr: LearningRate,
-        tensor: Tensor<D>,
-        grad: Tensor<D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<D>, Option<Self::State<D>>) {
-        if let Some((address, _)) = PROBE.with(|p| p.get()) {
-            if address == self.address() {
-                PROBE.with(|p| p.set(Some((address, true))));
-            }
-            return (tensor, state);
-        }
-        {
-            let mut shared = self.lock();
-            if shared.pending == 0 {
-                drop(shared);
-                panic!("{}", NatGradError::NotPreconditioned);
-            }
-            shared.pending -= 1;
-        }
-        self.sgd.step(lr, tensor, grad, state)
-    }
-
-    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
-        Sgd::to_device(state, device)
     }
 }

@@ -8,8 +8,10 @@ use burn::module::{Module, ParamId};
 use burn::optim::{GradientsParams, LearningRate};
 use burn::tensor::Tensor;
 
+use crate::config::CurvatureKind;
 use crate::error::NatGradError;
 use crate::factors::Factors;
+use crate::kfac::{self, KfacOptions, KfacState};
 use crate::optimizer::NaturalGradient;
 use crate::solver::{solve, CgOptions, Gradient};
 
@@ -34,6 +36,8 @@ pub struct Preconditioned {
     pub skip_reason: Option<String>,
     /// How many tensors `directions` holds.
     pub(crate) count: usize,
+    /// With KFAC: every block's updated state, which [`NaturalGradient::apply`] keeps.
+    pub(crate) kfac: Vec<KfacState>,
 }
 
 impl Preconditioned {
@@ -47,6 +51,7 @@ impl Preconditioned {
             residual: 0.0,
             skip_reason: Some(reason),
             count: 0,
+            kfac: Vec::new(),
         }
     }
 }
@@ -73,43 +78,36 @@ impl NaturalGradient {
                 format!("the learning rate is {lr}, not a finite number > 0"),
             ));
         }
-        let cg = CgOptions {
-            max_iters: c.cg_max_iters,
-            tolerance: c.cg_tolerance,
-            check_every: c.cg_check_every,
-        };
-        let groups: Vec<Vec<usize>> = if c.block_diagonal {
-            factors.by_group()
-        } else {
-            vec![(0..factors.blocks.len()).collect()]
-        };
-        let mut directions: Vec<Option<Tensor<2>>> = vec![None; factors.blocks.len()];
-        let mut quadratic: Option<Tensor<1>> = None;
-        let mut residual: Option<Tensor<1>> = None;
-        let mut iterations = 0;
-        for group in groups {
-            let blocks: Vec<_> = group.iter().map(|&i| &factors.blocks[i]).collect();
-            let gradient = match &factors.gradient_weight {
-                Some(w) if blocks.iter().all(|b| b.grad.is_none()) => Gradient::Implicit(w.clone()),
-                _ => Gradient::Explicit(group.iter().map(|&i| factors.gradient(i)).collect()),
-            };
-            let solution = solve(&blocks, gradient, c.solver, c.damping, &cg);
-            let q = solution.ud.clone().square().sum();
-            quadratic = Some(match quadratic {
-                Some(acc) => acc + q,
-                None => q,
-            });
-            if let Some(r) = solution.residual {
-                residual = Some(match residual {
-                    Some(acc) => acc.max_pair(r),
-                    None => r,
-                });
+        let solved = match c.curvature {
+            CurvatureKind::Full => self.solve_full(&factors),
+            CurvatureKind::Kfac {
+                decay,
+                inverse_period,
+            } => {
+                let options = KfacOptions {
+                    decay,
+                    inverse_period,
+                    damping: c.damping,
+                };
+                match kfac::solve(&factors, |id| self.kfac_state(id), &options) {
+                    Ok((directions, ud, states)) => Solved {
+                        directions,
+                        quadratic: ud.square().sum(),
+                        residual: None,
+                        iterations: 0,
+                        kfac: states,
+                    },
+                    Err(reason) => return Ok(Preconditioned::skipped(lr, reason)),
+                }
             }
-            iterations = iterations.max(solution.iterations);
-            for (&i, d) in group.iter().zip(solution.direction) {
-                directions[i] = Some(d);
-            }
-        }
+        };
+        let Solved {
+            directions,
+            quadratic,
+            residual,
+            iterations,
+            kfac,
+        } = solved;
         // Parameters no rule covers: their Fisher block is zero, `d = g / λ` (or `scale · g`).
         let uncovered_scale = c.uncovered.scale(c.damping);
         let uncovered: Vec<Tensor<2>> = factors
@@ -122,15 +120,11 @@ impl NaturalGradient {
         // of d catches that case.
         let probe = directions
             .iter()
-            .flatten()
             .chain(&uncovered)
             .map(|d| d.clone().sum())
             .reduce(|a, b| a + b)
             .expect("at least one block");
-        let mut read = vec![
-            quadratic.expect("at least one group"),
-            probe.mul_scalar(0.0),
-        ];
+        let mut read = vec![quadratic, probe.mul_scalar(0.0)];
         if let Some(r) = residual {
             read.push(r);
         }
@@ -168,7 +162,7 @@ impl NaturalGradient {
             .blocks
             .iter()
             .zip(directions)
-            .map(|(b, d)| (b.id, d.expect("every block solved"), &b.dims))
+            .map(|(b, d)| (b.id, d, &b.dims))
             .chain(
                 factors
                     .uncovered
@@ -189,8 +183,71 @@ impl NaturalGradient {
             residual,
             skip_reason: None,
             count,
+            kfac,
         })
     }
+
+    /// `(F + λI)⁻¹ g` with the batch's Fisher, coupled or per layer, by the configured solver.
+    fn solve_full(&self, factors: &Factors) -> Solved {
+        let c = &self.config;
+        let cg = CgOptions {
+            max_iters: c.cg_max_iters,
+            tolerance: c.cg_tolerance,
+            check_every: c.cg_check_every,
+        };
+        let groups: Vec<Vec<usize>> = if c.block_diagonal {
+            factors.by_group()
+        } else {
+            vec![(0..factors.blocks.len()).collect()]
+        };
+        let mut directions: Vec<Option<Tensor<2>>> = vec![None; factors.blocks.len()];
+        let mut quadratic: Option<Tensor<1>> = None;
+        let mut residual: Option<Tensor<1>> = None;
+        let mut iterations = 0;
+        for group in groups {
+            let blocks: Vec<_> = group.iter().map(|&i| &factors.blocks[i]).collect();
+            let gradient = match &factors.gradient_weight {
+                Some(w) if blocks.iter().all(|b| b.grad.is_none()) => Gradient::Implicit(w.clone()),
+                _ => Gradient::Explicit(group.iter().map(|&i| factors.gradient(i)).collect()),
+            };
+            let solution = solve(&blocks, gradient, c.solver, c.damping, &cg);
+            let q = solution.ud.clone().square().sum();
+            quadratic = Some(match quadratic {
+                Some(acc) => acc + q,
+                None => q,
+            });
+            if let Some(r) = solution.residual {
+                residual = Some(match residual {
+                    Some(acc) => acc.max_pair(r),
+                    None => r,
+                });
+            }
+            iterations = iterations.max(solution.iterations);
+            for (&i, d) in group.iter().zip(solution.direction) {
+                directions[i] = Some(d);
+            }
+        }
+        Solved {
+            directions: directions
+                .into_iter()
+                .map(|d| d.expect("every block solved"))
+                .collect(),
+            quadratic: quadratic.expect("at least one group"),
+            residual,
+            iterations,
+            kfac: Vec::new(),
+        }
+    }
+}
+
+/// The directions of the captured blocks (in block order), `dᵀFd`, the largest CG residual, the
+/// CG iterations and, with KFAC, the blocks' new states.
+struct Solved {
+    directions: Vec<Tensor<2>>,
+    quadratic: Tensor<1>,
+    residual: Option<Tensor<1>>,
+    iterations: usize,
+    kfac: Vec<KfacState>,
 }
 
 /// Registers a matrix-view tensor under `id` with the parameter's rank and shape (the view is

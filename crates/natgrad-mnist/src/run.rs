@@ -11,7 +11,7 @@ use burn::optim::{AdamConfig, ModuleOptimizer, SgdConfig};
 use burn::tensor::Device;
 use burn::train::metric::{AccuracyMetric, LossMetric};
 use burn::train::{Learner, SupervisedTraining};
-use burn_natgrad::{FisherKind, NaturalGradientConfig};
+use burn_natgrad::{CurvatureKind, FisherKind, NaturalGradientConfig};
 
 use crate::data::{MnistBatch, MnistBatcher, MnistData};
 use crate::model::{Mlp, Recorder};
@@ -43,11 +43,17 @@ impl OptimizerSpec {
     /// `ngd-empirical`, `ngd-sampled`, `sgd` or `adam`.
     pub fn name(&self) -> &'static str {
         match self {
-            OptimizerSpec::Ngd { config, .. } => match config.fisher {
-                FisherKind::Empirical => "ngd-empirical",
-                FisherKind::Sampled { .. } => "ngd-sampled",
-                FisherKind::Exact { .. } => "ngd-exact",
-            },
+            OptimizerSpec::Ngd { config, .. } => {
+                let kfac = matches!(config.curvature, CurvatureKind::Kfac { .. });
+                match (kfac, config.fisher) {
+                    (false, FisherKind::Empirical) => "ngd-empirical",
+                    (false, FisherKind::Sampled { .. }) => "ngd-sampled",
+                    (false, FisherKind::Exact { .. }) => "ngd-exact",
+                    (true, FisherKind::Empirical) => "kfac-empirical",
+                    (true, FisherKind::Sampled { .. }) => "kfac-sampled",
+                    (true, FisherKind::Exact { .. }) => "kfac-exact",
+                }
+            }
             OptimizerSpec::Sgd { .. } => "sgd",
             OptimizerSpec::Adam { .. } => "adam",
         }
@@ -66,10 +72,16 @@ impl OptimizerSpec {
     pub fn describe(&self) -> String {
         match self {
             OptimizerSpec::Ngd { config, lr } => format!(
-                "lr {lr}, damping {}, kl_max {}, solver {:?}, momentum {}{}",
+                "lr {lr}, damping {}, kl_max {}, {}, momentum {}{}",
                 config.damping,
                 config.kl_max.map_or("none".into(), |k| k.to_string()),
-                config.solver,
+                match config.curvature {
+                    CurvatureKind::Full => format!("solver {:?}", config.solver),
+                    CurvatureKind::Kfac {
+                        decay,
+                        inverse_period,
+                    } => format!("KFAC decay {decay} inverses every {inverse_period}"),
+                },
                 config
                     .momentum
                     .as_ref()

@@ -12,7 +12,7 @@ use burn_natgrad::{per_example_classification, Capture, FisherKind, NaturalGradi
 /// Embedding `[7, 4]` → LayerNorm over `[N, T, 4]` → mean over `T` → Linear → ReLU → LayerNorm
 /// over `[N, 5]` → Linear.
 #[derive(Module, Debug)]
-struct TokenNet {
+pub(crate) struct TokenNet {
     embedding: Embedding,
     norm1: LayerNorm,
     fc1: Linear,
@@ -21,7 +21,7 @@ struct TokenNet {
 }
 
 impl TokenNet {
-    fn new(device: &Device) -> Self {
+    pub(crate) fn new(device: &Device) -> Self {
         let mut embedding = EmbeddingConfig::new(7, 4).init(device);
         embedding.weight = Param::from_tensor(tensor(1, [7, 4], 1.0, device));
         let mut norm1 = LayerNormConfig::new(4).init(device);
@@ -41,7 +41,7 @@ impl TokenNet {
     }
 
     /// Logits `[N, 3]` for ids `[N, T]` given as floats (the per-example loop's input type).
-    fn logits(&self, ids: Tensor<2>, cap: &mut Capture) -> Tensor<2> {
+    pub(crate) fn logits(&self, ids: Tensor<2>, cap: &mut Capture) -> Tensor<2> {
         let [n, _] = ids.dims();
         let ids: Tensor<2, Int> = ids.int();
         let h = cap.embedding(&self.embedding, ids);
@@ -55,7 +55,14 @@ impl TokenNet {
 
 /// Ids with repeats inside and across examples: `[N, 3]` from a vocabulary of 7.
 fn ids(n: usize, device: &Device) -> Tensor<2> {
-    let v: Vec<f32> = (0..n * 3).map(|i| ((i * 5 + i / 4) % 7) as f32).collect();
+    token_ids(n, 0, device)
+}
+
+/// [`ids`], shifted by `seed`.
+pub(crate) fn token_ids(n: usize, seed: u64, device: &Device) -> Tensor<2> {
+    let v: Vec<f32> = (0..n * 3)
+        .map(|i| ((i as u64 * 5 + i as u64 / 4 + seed) % 7) as f32)
+        .collect();
     Tensor::from_data(TensorData::new(v, [n, 3]), device)
 }
 
@@ -113,7 +120,7 @@ struct TiedNet {
 }
 
 impl TiedNet {
-    fn logits(&self, ids: Tensor<2>, cap: &mut Capture) -> Tensor<2> {
+    pub(crate) fn logits(&self, ids: Tensor<2>, cap: &mut Capture) -> Tensor<2> {
         let [n, _] = ids.dims();
         let shifted: Tensor<2, Int> = ids.clone().add_scalar(1.0).int().remainder_scalar(7);
         let a = cap.embedding(&self.embedding, ids.int());

@@ -5,7 +5,8 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 use burn_natgrad::testing::{Block, Factors};
 use burn_natgrad::{
-    Capture, FisherKind, NatGradError, NaturalGradient, NaturalGradientConfig, SolverKind,
+    Capture, CurvatureKind, FisherKind, NatGradError, NaturalGradient, NaturalGradientConfig,
+    SolverKind,
 };
 
 fn config_error(config: NaturalGradientConfig) -> String {
@@ -59,6 +60,23 @@ fn invalid_configs_are_rejected_before_training() {
         msg.contains("`curvature_batch`") && msg.contains("at least 1"),
         "{msg}"
     );
+    let kfac = |decay, inverse_period| {
+        NaturalGradientConfig::new().with_curvature(CurvatureKind::Kfac {
+            decay,
+            inverse_period,
+        })
+    };
+    let msg = config_error(kfac(0.95, 0));
+    assert!(msg.contains("`curvature.inverse_period`"), "{msg}");
+    for decay in [1.0, -0.1, f64::NAN] {
+        let msg = config_error(kfac(decay, 10));
+        assert!(msg.contains("`curvature.decay`"), "{msg}");
+    }
+    for solver in [SolverKind::CgSample, SolverKind::CgParam] {
+        let msg = config_error(kfac(0.95, 10).with_solver(solver));
+        assert!(msg.contains("`solver`") && msg.contains("KFAC"), "{msg}");
+    }
+    assert!(kfac(0.0, 1).try_build().is_ok());
     // build() and init() panic with the same message.
     let msg = panic_message(|| {
         NaturalGradientConfig::new().with_damping(0.0).init();

@@ -19,7 +19,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn::train::{
     ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
 };
-use burn_natgrad::{Capture, FisherKind, NaturalGradient, NaturalGradientConfig};
+use burn_natgrad::{Capture, CurvatureKind, FisherKind, NaturalGradient, NaturalGradientConfig};
 
 #[derive(Module, Debug)]
 struct Net {
@@ -202,19 +202,29 @@ fn train_net(
 /// the process, so a resumed run would see epoch 1's order again.)
 #[test]
 fn resuming_from_a_checkpoint_equals_training_straight() {
-    let kinds = [FisherKind::Empirical, FisherKind::Sampled { samples: 1 }];
-    for ((name, device), fisher) in backends()
+    // KFAC with inverses every 3 steps: the resumed run must also continue the moving averages
+    // and reuse the recorded inverses until their next update.
+    let kfac = CurvatureKind::Kfac {
+        decay: 0.8,
+        inverse_period: 3,
+    };
+    let kinds = [
+        (FisherKind::Empirical, CurvatureKind::Full),
+        (FisherKind::Sampled { samples: 1 }, CurvatureKind::Full),
+        (FisherKind::Empirical, kfac),
+        (FisherKind::Sampled { samples: 1 }, kfac),
+    ];
+    for (k, ((name, device), (fisher, curvature))) in backends()
         .into_iter()
         .flat_map(|b| kinds.map(|k| (b.clone(), k)))
+        .enumerate()
     {
-        let dir = std::env::temp_dir().join(format!(
-            "natgrad-resume-{name}-{}-{}",
-            fisher.copies(),
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("natgrad-resume-{name}-{k}-{}", std::process::id()));
         let ng = || {
             NaturalGradientConfig::new()
                 .with_fisher(fisher)
+                .with_curvature(curvature)
                 .with_damping(0.1)
                 .with_momentum(Some(
                     burn::optim::momentum::MomentumConfig::new().with_dampening(0.0),
@@ -231,12 +241,12 @@ fn resuming_from_a_checkpoint_equals_training_straight() {
         let resumed = run(2, "stopped", 2, Some(1));
         // 16 steps an epoch: the resumed run trained the second epoch only.
         let steps: Vec<u64> = runs.iter().map(|ng| ng.stats().steps).collect();
-        assert_eq!(steps, [32, 16, 16], "{name} {fisher:?}");
+        assert_eq!(steps, [32, 16, 16], "{name} {fisher:?} {curvature:?}");
         for (a, b) in [(&straight.fc1, &resumed.fc1), (&straight.fc2, &resumed.fc2)] {
             let err = rel_err(&host(b.weight.val()), &host(a.weight.val()));
             assert!(
                 err <= 1e-6,
-                "{name} {fisher:?}: resumed weights differ by {err:e}"
+                "{name} {fisher:?} {curvature:?}: resumed weights differ by {err:e}"
             );
         }
         let _ = std::fs::remove_dir_all(&dir);

@@ -8,6 +8,7 @@ mod conv2d;
 mod curvature_batch;
 mod embedding_norm;
 mod errors;
+mod kfac;
 mod learner;
 mod misuse;
 mod parameters;

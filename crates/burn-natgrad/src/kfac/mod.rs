@@ -1,0 +1,333 @@
+//! Kronecker-factored approximate curvature (KFAC) from the same captured factors as the Gram
+//! solve (Martens & Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate
+//! Curvature", 2015; for weight sharing, the "expand" setting of Eschenhagen, Immer, Turner,
+//! Schneider & Hennig, "Kronecker-Factored Approximate Curvature for Modern Neural Network
+//! Architectures", 2023).
+//!
+//! Each parameter tensor gets its own block, approximated from its factors (scaled so that the
+//! block's Fisher is `UᵀU`, see [`FisherKind`](crate::FisherKind)):
+//!
+//! * a weight (`[P, T, in]` inputs `x`, `[M, T, out]` output gradients `δ`): `F ≈ A ⊗ G` with
+//!   `A = Σ_{p,t} x xᵀ / (P·T)` and `G = Σ_{m,t} δ δᵀ`, so that `(A ⊗ G) vec(V) = A V G`;
+//! * an embedding table (a gather): the same, with `A` diagonal (how often each id is read);
+//! * a bias, or any parameter with explicit rows of at most [`FULL_LIMIT`] entries: its block
+//!   `UᵀU` itself; larger explicit rows: their diagonal.
+//!
+//! The factors are exponential moving averages over steps (decay `ε`); the damped inverse uses
+//! factored Tikhonov damping with the π correction (Martens & Grosse §6.3):
+//! `(A + π√λ I)⁻¹ ⊗ (G + √λ/π I)⁻¹` with `π = √((tr A / dim A) / (tr G / dim G))`, recomputed
+//! every `inverse_period` steps, in `f64` on the host. The state of every block travels in the
+//! optimizer record ([`state`]).
+
+pub(crate) mod state;
+
+use burn::module::ParamId;
+use burn::tensor::{IndexingUpdateOp, Tensor, TensorData};
+
+use crate::cholesky::cholesky_inverse;
+use crate::factors::{products, BlockFactors, Factors};
+pub use state::{KfacState, NaturalGradientState};
+
+/// Explicit rows of at most this many entries get their whole block `UᵀU`; longer ones their
+/// diagonal (a `numel²` block would not fit).
+pub const FULL_LIMIT: usize = 2048;
+
+/// What kind of block a [`KfacState`] holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    /// `A ⊗ G`, both full.
+    Kronecker = 0,
+    /// `diag(a) ⊗ G`: an embedding table.
+    Gather = 1,
+    /// The block `F` itself (`right`), no left factor.
+    Full = 2,
+    /// The diagonal of the block (`right`, `[1, n]`).
+    Diagonal = 3,
+}
+
+impl Kind {
+    pub(crate) fn from_u8(v: u8) -> Option<Self> {
+        [Kind::Kronecker, Kind::Gather, Kind::Full, Kind::Diagonal]
+            .into_iter()
+            .find(|k| *k as u8 == v)
+    }
+}
+
+/// The settings of a KFAC update.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KfacOptions {
+    /// EMA decay `ε` of the factors: `A ← ε A + (1 − ε) A_batch`.
+    pub decay: f64,
+    /// Recompute the inverses every this many updates.
+    pub inverse_period: usize,
+    /// Tikhonov damping `λ`.
+    pub damping: f64,
+}
+
+/// The batch's factors of one block: its kind, left factor (if any) and right factor.
+fn batch_factors(factors: &BlockFactors) -> (Kind, Option<Tensor<2>>, Tensor<2>) {
+    match factors {
+        BlockFactors::Weight { input, output_grad } => {
+            let [p, t, d_in] = input.dims();
+            let [m, _, d_out] = output_grad.dims();
+            let x = input.clone().reshape([p * t, d_in]);
+            let d = output_grad.clone().reshape([m * t, d_out]);
+            let a = x.clone().transpose().matmul(x).div_scalar((p * t) as f64);
+            (Kind::Kronecker, Some(a), d.clone().transpose().matmul(d))
+        }
+        BlockFactors::Gather {
+            ids,
+            output_grad,
+            vocab,
+        } => {
+            let [m, t, d_out] = output_grad.dims();
+            let device = output_grad.device();
+            let flat = ids.clone().reshape([m * t]).int();
+            let counts = Tensor::<1>::zeros([*vocab], &device).select_assign(
+                0,
+                flat,
+                Tensor::ones([m * t], &device),
+                IndexingUpdateOp::Add,
+            );
+            let a = counts.div_scalar((m * t) as f64).reshape([*vocab, 1]);
+            let d = output_grad.clone().reshape([m * t, d_out]);
+            (Kind::Gather, Some(a), d.clone().transpose().matmul(d))
+        }
+        BlockFactors::Bias { output_grad: rows } => (
+            Kind::Full,
+            None,
+            rows.clone().transpose().matmul(rows.clone()),
+        ),
+        BlockFactors::Dense { rows } if rows.dims()[1] <= FULL_LIMIT => (
+            Kind::Full,
+            None,
+            rows.clone().transpose().matmul(rows.clone()),
+        ),
+        BlockFactors::Dense { rows } => (Kind::Diagonal, None, rows.clone().square().sum_dim(0)),
+    }
+}
+
+/// `decay · old + (1 − decay) · new`.
+fn ema(old: &Tensor<2>, new: Tensor<2>, decay: f64) -> Tensor<2> {
+    old.clone().mul_scalar(decay) + new.mul_scalar(1.0 - decay)
+}
+
+/// A square matrix on the host, in `f64`.
+fn host(t: &Tensor<2>) -> Vec<f64> {
+    t.clone()
+        .into_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .expect("float data")
+}
+
+/// `(F + λI)⁻¹` of a square factor, on the factor's device; `None` if not positive definite or
+/// not finite.
+fn inverse(f: &Tensor<2>, damping: f64) -> Option<Tensor<2>> {
+    let [n, _] = f.dims();
+    let inv = cholesky_inverse(host(f), n, damping)?;
+    let inv: Vec<f32> = inv.into_iter().map(|v| v as f32).collect();
+    Some(Tensor::from_data(TensorData::new(inv, [n, n]), &f.device()))
+}
+
+/// `tr F / dim F` of a square factor, or of a diagonal one stored as a column or row.
+fn mean_eigenvalue(f: &Tensor<2>) -> f64 {
+    let [r, c] = f.dims();
+    let trace = if r == c && r > 1 {
+        let n = r;
+        (Tensor::<2>::eye(n, &f.device()) * f.clone()).sum()
+    } else {
+        f.clone().sum()
+    };
+    trace.into_scalar::<f64>() / r.max(c) as f64
+}
+
+/// The damped inverses of a block's factors, `(left⁻¹, right⁻¹)`; `Err` says which factor is
+/// not positive definite or not finite.
+fn invert(
+    kind: Kind,
+    left: Option<&Tensor<2>>,
+    right: &Tensor<2>,
+    damping: f64,
+) -> Result<(Option<Tensor<2>>, Tensor<2>), &'static str> {
+    match (kind, left) {
+        (Kind::Kronecker | Kind::Gather, Some(left)) => {
+            let (a, g) = (mean_eigenvalue(left), mean_eigenvalue(right));
+            // π balances the damping between the factors; 1 when either is degenerate.
+            let pi = (a / g).sqrt();
+            let pi = if pi.is_finite() && pi > 0.0 { pi } else { 1.0 };
+            let root = damping.sqrt();
+            let left_inv = if kind == Kind::Kronecker {
+                inverse(left, pi * root).ok_or("its input factor A")?
+            } else {
+                left.clone().add_scalar(pi * root).recip()
+            };
+            let right_inv = inverse(right, root / pi).ok_or("its output-gradient factor G")?;
+            Ok((Some(left_inv), right_inv))
+        }
+        (Kind::Full, None) => Ok((None, inverse(right, damping).ok_or("its Fisher block")?)),
+        (Kind::Diagonal, None) => Ok((None, right.clone().add_scalar(damping).recip())),
+        _ => unreachable!("a left factor exactly for Kronecker and gather blocks"),
+    }
+}
+
+/// The updated state of a block after one batch: the EMA of its factors, and their inverses
+/// when due (the first update, every `inverse_period`-th, or when the block changed shape).
+pub(crate) fn update(
+    previous: Option<&KfacState>,
+    id: ParamId,
+    factors: &BlockFactors,
+    o: &KfacOptions,
+) -> Result<KfacState, &'static str> {
+    let (kind, left, right) = batch_factors(factors);
+    let same = |p: &KfacState| {
+        p.kind() == Some(kind)
+            && p.right.dims() == right.dims()
+            && p.left.as_ref().map(|l| l.dims()) == left.as_ref().map(|l| l.dims())
+    };
+    let (left, right, updates, previous) = match previous.filter(|p| same(p)) {
+        Some(p) => (
+            p.left
+                .as_ref()
+                .zip(left)
+                .map(|(old, new)| ema(old, new, o.decay)),
+            ema(&p.right, right, o.decay),
+            p.updates,
+            Some(p),
+        ),
+        None => (left, right, 0, None),
+    };
+    let (left_inv, right_inv) = match previous {
+        Some(p) if !updates.is_multiple_of(o.inverse_period as u64) => {
+            (p.left_inv.clone(), p.right_inv.clone())
+        }
+        _ => invert(kind, left.as_ref(), &right, o.damping)?,
+    };
+    Ok(KfacState {
+        param: id.val(),
+        kind: kind as u8,
+        left,
+        right,
+        left_inv,
+        right_inv,
+        updates: updates + 1,
+    })
+}
+
+/// The KFAC direction of a gradient `g` in the block's matrix view.
+pub(crate) fn direction(state: &KfacState, g: Tensor<2>) -> Tensor<2> {
+    match (state.kind(), &state.left_inv) {
+        (Some(Kind::Kronecker), Some(a)) => a.clone().matmul(g).matmul(state.right_inv.clone()),
+        (Some(Kind::Gather), Some(a)) => (g * a.clone()).matmul(state.right_inv.clone()),
+        (Some(Kind::Full), None) => g.matmul(state.right_inv.clone()),
+        (Some(Kind::Diagonal), None) => g * state.right_inv.clone(),
+        _ => unreachable!("update builds consistent states"),
+    }
+}
+
+/// A KFAC solve of every block: the directions (block order), `U d` (`[M, 1]`, so that `dᵀFd =
+/// ‖U d‖²` with the batch's own Fisher rows) and the blocks' new states; `Err` names a block
+/// whose factor cannot be inverted.
+pub(crate) fn solve(
+    factors: &Factors,
+    previous: impl Fn(ParamId) -> Option<KfacState>,
+    o: &KfacOptions,
+) -> Result<(Vec<Tensor<2>>, Tensor<2>, Vec<KfacState>), String> {
+    let mut directions = Vec::with_capacity(factors.blocks.len());
+    let mut states = Vec::with_capacity(factors.blocks.len());
+    for (i, block) in factors.blocks.iter().enumerate() {
+        let state =
+            update(previous(block.id).as_ref(), block.id, &block.factors, o).map_err(|which| {
+                format!(
+                    "KFAC: {which} of `{}` is not positive definite or not finite",
+                    block.path
+                )
+            })?;
+        directions.push(direction(&state, factors.gradient(i)));
+        states.push(state);
+    }
+    let blocks: Vec<_> = factors.blocks.iter().collect();
+    let ud = products::project(&blocks, &directions);
+    Ok((directions, ud, states))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cholesky::cholesky_solve;
+    use crate::test_devices::cpu_devices;
+    use burn::tensor::Distribution;
+
+    fn host_vec(t: Tensor<2>) -> Vec<f64> {
+        host(&t)
+    }
+
+    fn options(damping: f64) -> KfacOptions {
+        KfacOptions {
+            decay: 0.9,
+            inverse_period: 1,
+            damping,
+        }
+    }
+
+    /// Explicit rows of at most `FULL_LIMIT` entries get the damped inverse of their whole block,
+    /// longer ones of its diagonal.
+    #[test]
+    fn explicit_rows_use_the_full_block_or_its_diagonal() {
+        for device in cpu_devices() {
+            let id = ParamId::new();
+            for (n, kind) in [(5, Kind::Full), (FULL_LIMIT + 1, Kind::Diagonal)] {
+                let rows = Tensor::<2>::random([3, n], Distribution::Normal(0.0, 1.0), &device);
+                let g = Tensor::<2>::random([1, n], Distribution::Normal(0.0, 1.0), &device);
+                let block = BlockFactors::Dense { rows: rows.clone() };
+                let state = update(None, id, &block, &options(0.5)).unwrap();
+                assert_eq!(state.kind(), Some(kind));
+                let d = host_vec(direction(&state, g.clone()));
+                let (r, gv) = (host_vec(rows), host_vec(g));
+                let expected: Vec<f64> = if kind == Kind::Full {
+                    let mut f = vec![0.0; n * n];
+                    for row in r.chunks_exact(n) {
+                        for i in 0..n {
+                            for j in 0..n {
+                                f[i * n + j] += row[i] * row[j];
+                            }
+                        }
+                    }
+                    cholesky_solve(&f, &gv, n, 0.5).unwrap()
+                } else {
+                    (0..n)
+                        .map(|i| {
+                            let f: f64 = r.chunks_exact(n).map(|row| row[i] * row[i]).sum();
+                            gv[i] / (f + 0.5)
+                        })
+                        .collect()
+                };
+                let err = d
+                    .iter()
+                    .zip(&expected)
+                    .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
+                assert!(err < 1e-4, "{kind:?}: max error {err:e}");
+            }
+        }
+    }
+
+    /// A factor that is not finite is refused by name instead of giving a direction.
+    #[test]
+    fn a_non_finite_factor_is_refused() {
+        for device in cpu_devices() {
+            let rows = Tensor::<2>::from_floats([[1.0, f32::NAN], [0.5, 2.0]], &device);
+            let block = BlockFactors::Bias { output_grad: rows };
+            let err = update(None, ParamId::new(), &block, &options(1.0)).unwrap_err();
+            assert_eq!(err, "its Fisher block");
+        }
+    }
+
+    #[test]
+    fn kinds_round_trip_through_their_byte() {
+        for kind in [Kind::Kronecker, Kind::Gather, Kind::Full, Kind::Diagonal] {
+            assert_eq!(Kind::from_u8(kind as u8), Some(kind));
+        }
+        assert_eq!(Kind::from_u8(9), None);
+    }
+}

@@ -1,0 +1,111 @@
+//! The per-parameter state of the optimizer's per-tensor part, the one Burn's
+//! `ModuleOptimizer` keeps, records and checkpoints: SGD's momentum, and each block's KFAC
+//! factors and inverses, so that a run resumed from a checkpoint continues the moving averages
+//! (and the inverses' schedule) where it stopped.
+//!
+//! Burn's per-tensor `Optimizer::step` is not told which parameter it steps; the directions are
+//! applied in module order, which is also the order of [`ParamOrder`], so the optimizer hands
+//! each call the state of the next parameter in that order, and checks its shape.
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::momentum::MomentumState;
+use burn::optim::{GradientsParams, RecordState};
+use burn::tensor::{Device, Tensor};
+
+use super::Kind;
+
+/// The KFAC state of one parameter tensor: the moving averages of its factors and their damped
+/// inverses (see [`CurvatureKind::Kfac`](crate::CurvatureKind::Kfac)).
+#[derive(RecordState, Clone, Debug)]
+pub struct KfacState {
+    /// The parameter's id (a check that the state is handed to the right parameter).
+    pub(crate) param: u64,
+    /// The block's kind ([`Kind`] as a byte).
+    pub(crate) kind: u8,
+    /// The input factor `A` (`[in, in]`), or the gather's diagonal (`[vocab, 1]`).
+    pub(crate) left: Option<Tensor<2>>,
+    /// The output-gradient factor `G`, the whole block, or its diagonal (`[1, n]`).
+    pub(crate) right: Tensor<2>,
+    /// The damped inverse of `left`.
+    pub(crate) left_inv: Option<Tensor<2>>,
+    /// The damped inverse of `right`.
+    pub(crate) right_inv: Tensor<2>,
+    /// How many batches the averages hold.
+    pub(crate) updates: u64,
+}
+
+impl KfacState {
+    pub(crate) fn kind(&self) -> Option<Kind> {
+        Kind::from_u8(self.kind)
+    }
+
+    /// How many batches the moving averages hold.
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    fn moved_to(self, device: &Device) -> Self {
+        let move_to = |t: Tensor<2>| t.to_device(device);
+        Self {
+            left: self.left.map(move_to),
+            right: move_to(self.right),
+            left_inv: self.left_inv.map(move_to),
+            right_inv: move_to(self.right_inv),
+            ..self
+        }
+    }
+}
+
+/// The per-parameter state of [`NaturalGradient`](crate::NaturalGradient)'s per-tensor part:
+/// SGD's momentum (recorded under the same names as Burn's `SgdState`, so records of earlier
+/// versions load) and, with [`CurvatureKind::Kfac`](crate::CurvatureKind), the KFAC state.
+#[derive(RecordState, Clone)]
+pub struct NaturalGradientState<const D: usize> {
+    pub(crate) momentum: Option<MomentumState<D>>,
+    pub(crate) kfac: Option<KfacState>,
+}
+
+impl<const D: usize> NaturalGradientState<D> {
+    /// The KFAC state, when the optimizer uses KFAC.
+    pub fn kfac(&self) -> Option<&KfacState> {
+        self.kfac.as_ref()
+    }
+
+    pub(crate) fn moved_to(self, device: &Device) -> Self {
+        Self {
+            momentum: self.momentum.map(|m| m.to_device(device)),
+            kfac: self.kfac.map(|k| k.moved_to(device)),
+        }
+    }
+}
+
+/// The ids and shapes of a module's float parameters, in module order (the order in which
+/// Burn's `ModuleOptimizer` steps them): all of them, or those `grads` holds.
+pub(crate) struct ParamOrder<'a> {
+    pub grads: Option<&'a GradientsParams>,
+    pub order: Vec<(ParamId, Vec<usize>)>,
+}
+
+impl ModuleVisitor for ParamOrder<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.grads.is_none_or(|g| g.get::<D>(param.id).is_some()) {
+            self.order.push((param.id, param.val().dims().to_vec()));
+        }
+    }
+}
+
+/// Zero gradients for every float parameter of a module: a step with them reaches every
+/// parameter's per-tensor state (to read it back), in module order.
+pub(crate) fn zero_grads<M: Module>(module: &M) -> GradientsParams {
+    struct Zeros(GradientsParams);
+    impl ModuleVisitor for Zeros {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let value = param.val();
+            let zeros = Tensor::<D>::zeros(value.shape(), &value.device());
+            self.0.register(param.id, zeros);
+        }
+    }
+    let mut zeros = Zeros(GradientsParams::new());
+    module.visit(&mut zeros);
+    zeros.0
+}

@@ -1,0 +1,91 @@
+//! The per-tensor part of [`NaturalGradient`], the Burn [`Optimizer`] that Burn's
+//! `ModuleOptimizer` wraps: it applies weight decay, momentum and the learning rate to the
+//! preconditioned directions as Burn's SGD does, refuses raw gradients, and keeps each
+//! parameter's state for the record ([`NaturalGradientState`]); and the two thread-local modes
+//! in which it only looks: the ownership probe and the reading of recorded KFAC states.
+
+use burn::optim::{LearningRate, Optimizer, SgdState};
+use burn::tensor::{Device, Tensor};
+
+use crate::error::NatGradError;
+use crate::kfac::{KfacState, NaturalGradientState};
+use crate::optimizer::NaturalGradient;
+
+thread_local! {
+    /// While [`NaturalGradient::owns`] runs on this thread: the address of the probing
+    /// optimizer's shared state, and whether its per-tensor part was reached. Every
+    /// `NaturalGradient`'s per-tensor part then only notes the call and changes nothing.
+    pub(crate) static PROBE: std::cell::Cell<Option<(usize, bool)>> = const { std::cell::Cell::new(None) };
+    /// While [`NaturalGradient::resume_from`] runs on this thread: the address of the reading
+    /// optimizer's shared state, and the KFAC states its per-tensor part was handed, in order.
+    pub(crate) static READ: std::cell::RefCell<Option<(usize, Vec<Option<KfacState>>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+impl Optimizer for NaturalGradient {
+    type State<const D: usize> = NaturalGradientState<D>;
+
+    /// The per-tensor part: `grad` is the natural-gradient direction computed by
+    /// [`NaturalGradient::precondition`]; weight decay, momentum and `lr` are applied as Burn's
+    /// SGD applies them.
+    ///
+    /// # Panics
+    /// When handed more tensors than the last [`apply`](NaturalGradient::apply) holds, i.e. raw
+    /// gradients: `TrainStep::optimize` was not overridden, the Learner ran multi-device
+    /// training (`optimize_multi`), or the [`ModuleOptimizer`](burn::optim::ModuleOptimizer) comes from another
+    /// `NaturalGradient` than the one that preconditioned.
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        if let Some((address, _)) = PROBE.with(|p| p.get()) {
+            if address == self.address() {
+                PROBE.with(|p| p.set(Some((address, true))));
+            }
+            return (tensor, state);
+        }
+        let reading = READ.with(|r| match r.borrow_mut().as_mut() {
+            Some((address, read)) if *address == self.address() => {
+                read.push(state.as_ref().and_then(|s| s.kfac.clone()));
+                true
+            }
+            _ => false,
+        });
+        if reading {
+            return (tensor, state);
+        }
+        let kfac = {
+            let mut shared = self.lock();
+            if shared.pending == 0 {
+                drop(shared);
+                panic!("{}", NatGradError::NotPreconditioned);
+            }
+            shared.pending -= 1;
+            match shared.order.pop_front() {
+                Some((id, dims)) => {
+                    assert_eq!(
+                        dims,
+                        tensor.dims().to_vec(),
+                        "natural gradient: Burn's ModuleOptimizer stepped the parameters in \
+                         another order than the module's"
+                    );
+                    shared.kfac.get(&id).cloned()
+                }
+                None => None,
+            }
+        };
+        let momentum = state.and_then(|s| s.momentum);
+        let (tensor, sgd) = self
+            .sgd
+            .step(lr, tensor, grad, Some(SgdState::new(momentum)));
+        let momentum = sgd.and_then(|s| s.momentum);
+        (tensor, Some(NaturalGradientState { momentum, kfac }))
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        state.moved_to(device)
+    }
+}
