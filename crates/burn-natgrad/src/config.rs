@@ -59,6 +59,9 @@ pub enum CurvatureKind {
     /// with Kronecker-factored Approximate Curvature", 2015): one block per parameter tensor,
     /// `A ⊗ G` for a weight, from the same captured factors, averaged over steps, with factored
     /// Tikhonov damping (the π correction, §6.3). Its state is part of the optimizer record.
+    /// Block-diagonal by construction: `block_diagonal` and `solver` do not apply (a CG solver
+    /// is refused). It wants a much smaller damping than the full Fisher's (the MNIST MLP's
+    /// best: λ = 0.03 at lr 0.1, against λ = 5 at lr 5).
     Kfac {
         /// Decay `ε ∈ [0, 1)` of the factors' exponential moving average, `A ← ε A + (1 − ε)
         /// A_batch` (Martens & Grosse use 0.95).
