@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::optim::momentum::MomentumConfig;
-use burn_natgrad::{NaturalGradientConfig, UncoveredPolicy};
+use burn_natgrad::{AdaptiveDampingConfig, NaturalGradientConfig, UncoveredPolicy};
 use clap::{Parser, ValueEnum};
 use natgrad_mnist::{plot, results_csv, results_table, train_cnn, LoopOptions, OptimizerSpec};
 
@@ -53,6 +53,10 @@ struct Args {
     curvature_batch: Option<usize>,
     #[command(flatten)]
     curvature: CurvatureArgs,
+    /// Adapt the natural gradient's damping every N steps (Levenberg–Marquardt, from --damping,
+    /// within [1e-6, 1e6]); 0: fixed damping.
+    #[arg(long, default_value_t = 0)]
+    adaptive_damping: usize,
     /// Learning rate of SGD (the best of its grid, see --sweep).
     #[arg(long, default_value_t = 0.3)]
     sgd_lr: f64,
@@ -121,6 +125,10 @@ fn ngd(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpec {
     let mut config = NaturalGradientConfig::new()
         .with_damping(damping)
         .with_curvature(args.curvature.kind())
+        .with_adaptive_damping(
+            (args.adaptive_damping > 0)
+                .then(|| AdaptiveDampingConfig::new().with_period(args.adaptive_damping)),
+        )
         .with_curvature_batch(args.curvature_batch)
         .with_kl_max((args.kl_max > 0.0).then_some(args.kl_max))
         .with_uncovered(if args.bn_scale > 0.0 {

@@ -81,6 +81,31 @@ impl CurvatureKind {
     }
 }
 
+/// Levenberg–Marquardt adaptation of the damping (Martens & Grosse, "Optimizing Neural Networks
+/// with Kronecker-factored Approximate Curvature", 2015, §6.5; kfac-jax's adaptive damping):
+/// every `period` steps the reduction ratio `ρ = (h(θ + δ) − h(θ)) / (q(δ) − q(0))` of the
+/// actual to the predicted change of the loss, `q(δ) = gᵀδ + ½ δᵀ(F + λI)δ` for the applied step
+/// `δ`, moves `λ`: `λ ← ω λ` when `ρ > 3/4`, `λ ← λ / ω` when `ρ < 1/4`, with `ω =
+/// decayᵖᵉʳⁱᵒᵈ`, kept within `[min, max]`. The loss after the step on the same batch, `h(θ + δ)`,
+/// is one more forward pass that the training loop runs when
+/// [`NaturalGradient::adaptation_due`] says so, and hands to
+/// [`NaturalGradient::adapt_damping`]. The current `λ` is part of the optimizer record.
+#[derive(Config, Debug, PartialEq)]
+pub struct AdaptiveDampingConfig {
+    /// Adapt every this many steps (≥ 1). Default: 5 (kfac-jax's).
+    #[config(default = 5)]
+    pub period: usize,
+    /// Smallest damping. Default: 1e-6.
+    #[config(default = 1e-6)]
+    pub min: f64,
+    /// Largest damping. Default: 1e6.
+    #[config(default = 1e6)]
+    pub max: f64,
+    /// The per-step factor `ω^(1/period)` in `(0, 1)`. Default: 0.95 (Martens & Grosse's 19/20).
+    #[config(default = 0.95)]
+    pub decay: f64,
+}
+
 /// Configuration of the [`NaturalGradient`] optimizer.
 #[derive(Config, Debug)]
 pub struct NaturalGradientConfig {
@@ -98,6 +123,10 @@ pub struct NaturalGradientConfig {
     /// rate `lr / λ`.
     #[config(default = 1.0)]
     pub damping: f64,
+    /// Adapt the damping (starting from [`damping`](Self::damping)) by the Levenberg–Marquardt
+    /// rule. `None` (default): fixed damping.
+    #[config(default = "None")]
+    pub adaptive_damping: Option<AdaptiveDampingConfig>,
     /// KL trust region: the step is shrunk so that `½ lr² dᵀFd ≤ kl_max`. `None` (default):
     /// no trust region.
     #[config(default = "None")]
@@ -203,6 +232,39 @@ impl NaturalGradientConfig {
                         self.solver
                     ),
                 });
+            }
+        }
+        if let Some(a) = &self.adaptive_damping {
+            let invalid =
+                |field, reason: String| Err(NatGradError::InvalidConfig { field, reason });
+            if a.period == 0 {
+                return invalid(
+                    "adaptive_damping.period",
+                    "must be at least 1 step, got 0".into(),
+                );
+            }
+            check_positive("adaptive_damping.min", a.min)?;
+            check_positive("adaptive_damping.max", a.max)?;
+            if a.min > a.max {
+                return invalid(
+                    "adaptive_damping",
+                    format!("bounds reversed: min {} > max {}", a.min, a.max),
+                );
+            }
+            if !(a.min..=a.max).contains(&self.damping) {
+                return invalid(
+                    "damping",
+                    format!(
+                        "the starting damping {} lies outside the adaptive bounds [{}, {}]",
+                        self.damping, a.min, a.max
+                    ),
+                );
+            }
+            if !(a.decay > 0.0 && a.decay < 1.0) {
+                return invalid(
+                    "adaptive_damping.decay",
+                    format!("must lie in (0, 1), got {}", a.decay),
+                );
             }
         }
         if let UncoveredPolicy::ScaledGradient { scale } = self.uncovered {

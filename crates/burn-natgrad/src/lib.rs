@@ -16,7 +16,8 @@
 //!   ([`NaturalGradientConfig::curvature_batch`]);
 //! * solves the damped system exactly in sample space (Woodbury/Gram) or by conjugate gradient
 //!   in sample or parameter space ([`SolverKind`]), or inverts a Kronecker-factored (KFAC)
-//!   approximation of it built from the same factors ([`CurvatureKind`]);
+//!   approximation of it built from the same factors ([`CurvatureKind`]), with a fixed or a
+//!   Levenberg–Marquardt-adapted damping ([`AdaptiveDampingConfig`]);
 //! * applies a KL trust region, momentum and weight decay, and plugs into Burn's
 //!   `ModuleOptimizer`, `Learner` and checkpoints ([`NaturalGradient`]).
 //!
@@ -26,6 +27,7 @@ mod capture;
 mod cholesky;
 mod classification;
 mod config;
+mod damping;
 mod error;
 mod factors;
 mod fisher;
@@ -47,7 +49,8 @@ pub(crate) use burn::optim::{join_path, RecordState, StateSink, StateSource};
 
 pub use capture::{Capture, CapturedFactors};
 pub use classification::NaturalGradientOutput;
-pub use config::{CurvatureKind, NaturalGradientConfig, UncoveredPolicy};
+pub use config::{AdaptiveDampingConfig, CurvatureKind, NaturalGradientConfig, UncoveredPolicy};
+pub use damping::DampingAdaptation;
 pub use error::NatGradError;
 pub use fisher::FisherKind;
 #[doc(hidden)]

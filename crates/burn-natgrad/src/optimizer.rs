@@ -28,6 +28,7 @@ use burn::optim::{GradientsParams, ModuleOptimizer, Sgd};
 use burn::tensor::{Device, Tensor};
 
 use crate::config::{CurvatureKind, NaturalGradientConfig};
+use crate::damping::LastStep;
 use crate::error::NatGradError;
 use crate::kfac::state::{zero_grads, ParamOrder};
 use crate::kfac::KfacState;
@@ -85,6 +86,10 @@ pub(crate) struct Shared {
     pub(crate) kfac: HashMap<ParamId, KfacState>,
     pub(crate) order: VecDeque<(ParamId, Vec<usize>)>,
     pub(crate) resumed: bool,
+    /// The adaptive damping's current `λ` (`None`: the configured one).
+    pub(crate) damping: Option<f64>,
+    /// What the adaptive damping needs of the last applied step.
+    pub(crate) last_step: Option<LastStep>,
 }
 
 impl core::fmt::Debug for NaturalGradient {
@@ -169,9 +174,10 @@ impl NaturalGradient {
         PROBE.with(|p| p.get()).is_some_and(|(_, reached)| reached)
     }
 
-    /// With [`CurvatureKind::Kfac`]: reads the KFAC state back from `optim`'s per-parameter
-    /// states (a `ModuleOptimizer` loaded from a record or checkpoint), so that the moving
-    /// averages continue where the recorded run stopped. [`step`](Self::step) does it on its
+    /// With [`CurvatureKind::Kfac`] or adaptive damping: reads the KFAC state and the damping
+    /// back from `optim`'s per-parameter states (a `ModuleOptimizer` loaded from a record or
+    /// checkpoint), so that the moving averages and the damping continue where the recorded run
+    /// stopped. [`step`](Self::step) does it on its
     /// first call; call it yourself before [`precondition`](Self::precondition) when you load
     /// another record into the same optimizer, or use `precondition` and `apply` directly.
     /// Returns how many parameters had a KFAC state.
@@ -198,7 +204,10 @@ impl NaturalGradient {
         let mut shared = self.lock();
         shared.resumed = true;
         let mut found = 0;
-        for ((id, _), state) in order.order.into_iter().zip(read.into_iter().flatten()) {
+        for ((id, _), (state, damping)) in order.order.into_iter().zip(read.into_iter().flatten()) {
+            if self.config.adaptive_damping.is_some() && damping.is_some() {
+                shared.damping = damping;
+            }
             if let Some(state) = state {
                 assert_eq!(
                     state.param,
@@ -216,7 +225,8 @@ impl NaturalGradient {
 
     fn resume_once<M: Module>(&self, optim: &ModuleOptimizer, module: &M) {
         let kfac = matches!(self.config.curvature, CurvatureKind::Kfac { .. });
-        if kfac && !self.lock().resumed {
+        let stateful = kfac || self.config.adaptive_damping.is_some();
+        if stateful && !self.lock().resumed {
             self.resume_from(optim, module);
         }
     }
@@ -298,7 +308,21 @@ impl NaturalGradient {
             stats.last_kl = 0.5 * pre.lr * pre.lr * pre.quadratic * pre.scale * pre.scale;
             stats.last_cg_iters = pre.cg_iters;
             stats.last_residual = pre.residual;
+            let steps = stats.steps;
             shared.pending = pre.count;
+            if let (Some(a), Some((gradient_dot, norm_sq))) =
+                (&self.config.adaptive_damping, pre.predicted)
+            {
+                shared.last_step = Some(LastStep {
+                    lr: pre.lr,
+                    scale: pre.scale,
+                    gradient_dot,
+                    norm_sq,
+                    quadratic: pre.quadratic,
+                    damping: pre.damping,
+                    due: steps.is_multiple_of(a.period as u64),
+                });
+            }
         }
         /// Forgets the directions not consumed, even if the step panics, so that raw gradients
         /// afterwards are still refused.

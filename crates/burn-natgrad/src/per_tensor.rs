@@ -18,9 +18,12 @@ thread_local! {
     pub(crate) static PROBE: std::cell::Cell<Option<(usize, bool)>> = const { std::cell::Cell::new(None) };
     /// While [`NaturalGradient::resume_from`] runs on this thread: the address of the reading
     /// optimizer's shared state, and the KFAC states its per-tensor part was handed, in order.
-    pub(crate) static READ: std::cell::RefCell<Option<(usize, Vec<Option<KfacState>>)>> =
+    pub(crate) static READ: std::cell::RefCell<Option<(usize, Vec<Recorded>)>> =
         const { std::cell::RefCell::new(None) };
 }
+
+/// What a parameter's recorded state holds for the shared state: its KFAC state and the damping.
+pub(crate) type Recorded = (Option<KfacState>, Option<f64>);
 
 impl Optimizer for NaturalGradient {
     type State<const D: usize> = NaturalGradientState<D>;
@@ -49,7 +52,11 @@ impl Optimizer for NaturalGradient {
         }
         let reading = READ.with(|r| match r.borrow_mut().as_mut() {
             Some((address, read)) if *address == self.address() => {
-                read.push(state.as_ref().and_then(|s| s.kfac.clone()));
+                read.push(
+                    state
+                        .as_ref()
+                        .map_or((None, None), |s| (s.kfac.clone(), s.damping)),
+                );
                 true
             }
             _ => false,
@@ -57,8 +64,13 @@ impl Optimizer for NaturalGradient {
         if reading {
             return (tensor, state);
         }
-        let kfac = {
+        let (kfac, damping) = {
             let mut shared = self.lock();
+            let damping = self
+                .config
+                .adaptive_damping
+                .is_some()
+                .then(|| shared.damping.unwrap_or(self.config.damping));
             if shared.pending == 0 {
                 drop(shared);
                 panic!("{}", NatGradError::NotPreconditioned);
@@ -72,9 +84,9 @@ impl Optimizer for NaturalGradient {
                         "natural gradient: Burn's ModuleOptimizer stepped the parameters in \
                          another order than the module's"
                     );
-                    shared.kfac.get(&id).cloned()
+                    (shared.kfac.get(&id).cloned(), damping)
                 }
-                None => None,
+                None => (None, damping),
             }
         };
         let momentum = state.and_then(|s| s.momentum);
@@ -82,7 +94,12 @@ impl Optimizer for NaturalGradient {
             .sgd
             .step(lr, tensor, grad, Some(SgdState::new(momentum)));
         let momentum = sgd.and_then(|s| s.momentum);
-        (tensor, Some(NaturalGradientState { momentum, kfac }))
+        let state = NaturalGradientState {
+            momentum,
+            kfac,
+            damping,
+        };
+        (tensor, Some(state))
     }
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {

@@ -38,6 +38,10 @@ pub struct Preconditioned {
     pub(crate) count: usize,
     /// With KFAC: every block's updated state, which [`NaturalGradient::apply`] keeps.
     pub(crate) kfac: Vec<KfacState>,
+    /// With adaptive damping: `(gᵀd, ‖d‖²)` of the direction before the trust region.
+    pub(crate) predicted: Option<(f64, f64)>,
+    /// The damping `λ` the direction was solved with.
+    pub(crate) damping: f64,
 }
 
 impl Preconditioned {
@@ -52,6 +56,8 @@ impl Preconditioned {
             skip_reason: Some(reason),
             count: 0,
             kfac: Vec::new(),
+            predicted: None,
+            damping: f64::NAN,
         }
     }
 }
@@ -71,6 +77,7 @@ impl NaturalGradient {
         grads: &GradientsParams,
     ) -> Result<Preconditioned, NatGradError> {
         let c = &self.config;
+        let damping = self.damping();
         let factors = Factors::collect(module, grads, c.uncovered)?;
         if !lr.is_finite() || lr <= 0.0 {
             return Ok(Preconditioned::skipped(
@@ -79,7 +86,7 @@ impl NaturalGradient {
             ));
         }
         let solved = match c.curvature {
-            CurvatureKind::Full => self.solve_full(&factors),
+            CurvatureKind::Full => self.solve_full(&factors, damping),
             CurvatureKind::Kfac {
                 decay,
                 inverse_period,
@@ -87,7 +94,7 @@ impl NaturalGradient {
                 let options = KfacOptions {
                     decay,
                     inverse_period,
-                    damping: c.damping,
+                    damping,
                 };
                 match kfac::solve(&factors, |id| self.kfac_state(id), &options) {
                     Ok((directions, ud, states)) => Solved {
@@ -109,7 +116,7 @@ impl NaturalGradient {
             kfac,
         } = solved;
         // Parameters no rule covers: their Fisher block is zero, `d = g / λ` (or `scale · g`).
-        let uncovered_scale = c.uncovered.scale(c.damping);
+        let uncovered_scale = c.uncovered.scale(damping);
         let uncovered: Vec<Tensor<2>> = factors
             .uncovered
             .iter()
@@ -125,6 +132,27 @@ impl NaturalGradient {
             .reduce(|a, b| a + b)
             .expect("at least one block");
         let mut read = vec![quadratic, probe.mul_scalar(0.0)];
+        // For the adaptive damping's predicted change: gᵀd and ‖d‖² (before the trust region).
+        let adaptive = c.adaptive_damping.is_some();
+        if adaptive {
+            let (gd, dd) = factors
+                .blocks
+                .iter()
+                .enumerate()
+                .map(|(i, _)| (factors.gradient(i), &directions[i]))
+                .chain(
+                    factors
+                        .uncovered
+                        .iter()
+                        .map(|u| u.grad.clone())
+                        .zip(&uncovered),
+                )
+                .map(|(g, d)| ((g * d.clone()).sum(), d.clone().square().sum()))
+                .reduce(|(a, b), (x, y)| (a + x, b + y))
+                .expect("at least one block");
+            read.push(gd);
+            read.push(dd);
+        }
         if let Some(r) = residual {
             read.push(r);
         }
@@ -134,7 +162,11 @@ impl NaturalGradient {
             .try_into_vec::<f64>()
             .expect("float data");
         let quadratic = values[0];
-        let residual = values.get(2).copied().unwrap_or(0.0);
+        let predicted = adaptive.then(|| (values[2], values[3]));
+        let residual = values
+            .get(if adaptive { 4 } else { 2 })
+            .copied()
+            .unwrap_or(0.0);
         if !values.iter().all(|v| v.is_finite()) {
             return Ok(Preconditioned {
                 cg_iters: iterations,
@@ -184,11 +216,13 @@ impl NaturalGradient {
             skip_reason: None,
             count,
             kfac,
+            predicted,
+            damping,
         })
     }
 
     /// `(F + λI)⁻¹ g` with the batch's Fisher, coupled or per layer, by the configured solver.
-    fn solve_full(&self, factors: &Factors) -> Solved {
+    fn solve_full(&self, factors: &Factors, damping: f64) -> Solved {
         let c = &self.config;
         let cg = CgOptions {
             max_iters: c.cg_max_iters,
@@ -210,7 +244,7 @@ impl NaturalGradient {
                 Some(w) if blocks.iter().all(|b| b.grad.is_none()) => Gradient::Implicit(w.clone()),
                 _ => Gradient::Explicit(group.iter().map(|&i| factors.gradient(i)).collect()),
             };
-            let solution = solve(&blocks, gradient, c.solver, c.damping, &cg);
+            let solution = solve(&blocks, gradient, c.solver, damping, &cg);
             let q = solution.ud.clone().square().sum();
             quadratic = Some(match quadratic {
                 Some(acc) => acc + q,

@@ -18,6 +18,8 @@ use crate::model::{Mlp, Recorder};
 use crate::progress::ProgressRenderer;
 
 /// An optimizer to compare, with its learning rate.
+// A handful of specs a run: not worth boxing the configuration.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum OptimizerSpec {
     /// burn-natgrad's natural gradient.
@@ -72,7 +74,7 @@ impl OptimizerSpec {
     pub fn describe(&self) -> String {
         match self {
             OptimizerSpec::Ngd { config, lr } => format!(
-                "lr {lr}, damping {}, kl_max {}, {}, momentum {}{}",
+                "lr {lr}, damping {}, kl_max {}, {}, momentum {}{}{}",
                 config.damping,
                 config.kl_max.map_or("none".into(), |k| k.to_string()),
                 match config.curvature {
@@ -89,6 +91,13 @@ impl OptimizerSpec {
                 config
                     .curvature_batch
                     .map_or(String::new(), |m| format!(", curvature batch {m}")),
+                config
+                    .adaptive_damping
+                    .as_ref()
+                    .map_or(String::new(), |a| format!(
+                        ", adaptive damping every {}",
+                        a.period
+                    )),
             ),
             OptimizerSpec::Sgd { lr } | OptimizerSpec::Adam { lr } => format!("lr {lr}"),
         }

@@ -104,10 +104,19 @@ pub fn train_cnn(spec: &OptimizerSpec, data: &MnistData, options: &LoopOptions) 
             let t = Instant::now();
             let loss = match &natgrad {
                 Some(ng) => {
+                    let (images, targets) = (batch.images.clone(), batch.targets.clone());
                     let out =
                         ng.train_step(&model, batch.images, batch.targets, |x| model.forward(x));
                     let loss = out.loss.clone();
                     model = ng.step(&mut optim, lr, model, out.grads);
+                    if ng.adaptation_due() {
+                        // Adaptive damping: the updated model's loss on the same batch.
+                        let after = CrossEntropyLossConfig::new()
+                            .init(&images.device())
+                            .forward(model.forward(images), targets);
+                        let (before, after) = (loss.clone(), after.into_scalar::<f64>());
+                        ng.adapt_damping(before.into_scalar::<f64>(), after);
+                    }
                     loss
                 }
                 None => {

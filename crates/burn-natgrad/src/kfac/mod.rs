@@ -199,7 +199,7 @@ pub(crate) fn update(
         None => (left, right, 0, None),
     };
     let (left_inv, right_inv) = match previous {
-        Some(p) if !updates.is_multiple_of(o.inverse_period as u64) => {
+        Some(p) if !updates.is_multiple_of(o.inverse_period as u64) && p.damping == o.damping => {
             (p.left_inv.clone(), p.right_inv.clone())
         }
         _ => invert(kind, left.as_ref(), &right, o.damping)?,
@@ -212,6 +212,7 @@ pub(crate) fn update(
         left_inv,
         right_inv,
         updates: updates + 1,
+        damping: o.damping,
     })
 }
 

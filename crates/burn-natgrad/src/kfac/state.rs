@@ -32,6 +32,8 @@ pub struct KfacState {
     pub(crate) right_inv: Tensor<2>,
     /// How many batches the averages hold.
     pub(crate) updates: u64,
+    /// The damping the inverses were computed with (they are recomputed when it moves).
+    pub(crate) damping: f64,
 }
 
 impl KfacState {
@@ -58,11 +60,14 @@ impl KfacState {
 
 /// The per-parameter state of [`NaturalGradient`](crate::NaturalGradient)'s per-tensor part:
 /// SGD's momentum (recorded under the same names as Burn's `SgdState`, so records of earlier
-/// versions load) and, with [`CurvatureKind::Kfac`](crate::CurvatureKind), the KFAC state.
+/// versions load) and, with [`CurvatureKind::Kfac`](crate::CurvatureKind), the KFAC state, and
+/// with adaptive damping the damping in force.
 #[derive(RecordState, Clone)]
 pub struct NaturalGradientState<const D: usize> {
     pub(crate) momentum: Option<MomentumState<D>>,
     pub(crate) kfac: Option<KfacState>,
+    /// With adaptive damping: the damping in force (the same in every parameter's state).
+    pub(crate) damping: Option<f64>,
 }
 
 impl<const D: usize> NaturalGradientState<D> {
@@ -75,6 +80,7 @@ impl<const D: usize> NaturalGradientState<D> {
         Self {
             momentum: self.momentum.map(|m| m.to_device(device)),
             kfac: self.kfac.map(|k| k.moved_to(device)),
+            damping: self.damping,
         }
     }
 }

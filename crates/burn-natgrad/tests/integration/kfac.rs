@@ -86,16 +86,39 @@ fn mean_eigenvalue((n, f): &(usize, Vec<f64>)) -> f64 {
     (0..*n).map(|i| f[i * n + i]).sum::<f64>() / *n as f64
 }
 
+/// The host factors of every block of a captured batch.
+fn batch_factors<M: Module>(model: &M, grads: &GradientsParams) -> Vec<HostFactors> {
+    Factors::from_grads(model, grads)
+        .unwrap()
+        .blocks
+        .iter()
+        .map(|b| host_factors(&b.factors))
+        .collect()
+}
+
+/// The moving averages of `old` and a captured batch's factors.
+fn averaged<M: Module>(
+    model: &M,
+    grads: &GradientsParams,
+    old: &[HostFactors],
+) -> Vec<HostFactors> {
+    batch_factors(model, grads)
+        .iter()
+        .zip(old)
+        .map(|(new, old)| ema(old, new))
+        .collect()
+}
+
 /// `(L' ⊗ R')⁻¹ g` with `L' = L + π√λ I`, `R' = R + √λ/π I` as one dense Kronecker matrix, or
 /// `(F + λI)⁻¹ g` for a single factor.
-fn kron_solve(f: &HostFactors, g: &[f64]) -> Vec<f64> {
+fn kron_solve(f: &HostFactors, g: &[f64], damping: f64) -> Vec<f64> {
     let (nr, r) = &f.right;
     let Some(left) = &f.left else {
-        return cholesky_solve(r, g, *nr, DAMPING).unwrap();
+        return cholesky_solve(r, g, *nr, damping).unwrap();
     };
     let pi = (mean_eigenvalue(left) / mean_eigenvalue(&f.right)).sqrt();
     let (nl, l) = left;
-    let root = DAMPING.sqrt();
+    let root = damping.sqrt();
     let n = nl * nr;
     let mut k = vec![0.0; n * n];
     for i in 0..*nl {
@@ -156,11 +179,12 @@ fn assert_direction<M: Module>(
     inverses: &[HostFactors],
 ) {
     let factors = Factors::from_grads(model, grads).unwrap();
+    let damping = ng.damping();
     let expected: Vec<f64> = factors
         .blocks
         .iter()
         .enumerate()
-        .flat_map(|(i, _)| kron_solve(&inverses[i], &host(factors.gradient(i))))
+        .flat_map(|(i, _)| kron_solve(&inverses[i], &host(factors.gradient(i)), damping))
         .collect();
     let pre = ng.precondition(model, 1.0, grads).unwrap();
     let mut got = Vec::new();
@@ -184,22 +208,11 @@ fn check<M: Net>(name: &str, model: M, device: &Device, fisher: FisherKind) {
         let ng = kfac(fisher, period);
         let mut optim = ng.module_optimizer();
         let grads1 = model.grads(&ng, 11, device);
-        let f1: Vec<HostFactors> = Factors::from_grads(&model, &grads1)
-            .unwrap()
-            .blocks
-            .iter()
-            .map(|b| host_factors(&b.factors))
-            .collect();
+        let f1: Vec<HostFactors> = batch_factors(&model, &grads1);
         assert_direction(&format!("{what}, step 1"), &ng, &model, &grads1, &f1);
         let model = ng.step(&mut optim, 0.5, model.clone(), grads1);
         let grads2 = model.grads(&ng, 23, device);
-        let f2: Vec<HostFactors> = Factors::from_grads(&model, &grads2)
-            .unwrap()
-            .blocks
-            .iter()
-            .zip(&f1)
-            .map(|(b, old)| ema(old, &host_factors(&b.factors)))
-            .collect();
+        let f2: Vec<HostFactors> = averaged(&model, &grads2, &f1);
         let inverses = if period == 1 { &f2 } else { &f1 };
         assert_direction(&format!("{what}, step 2"), &ng, &model, &grads2, inverses);
     }
@@ -217,6 +230,35 @@ fn kfac_matches_a_dense_kronecker_solve() {
             );
             check(name, TokenNet::new(&device), &device, fisher);
         }
+    }
+}
+
+/// When the adaptive damping moves `λ`, the inverses are recomputed at the next step even
+/// before their period is up: step 2 inverts the moving average at the new damping.
+#[test]
+fn kfac_inverts_again_when_the_damping_moves() {
+    for (name, device) in backends() {
+        let ng = NaturalGradientConfig::new()
+            .with_curvature(CurvatureKind::Kfac {
+                decay: DECAY,
+                inverse_period: 3,
+            })
+            .with_damping(DAMPING)
+            .with_adaptive_damping(Some(
+                burn_natgrad::AdaptiveDampingConfig::new().with_period(1),
+            ))
+            .build();
+        let mut optim = ng.module_optimizer();
+        let model = Mlp::new(&[4, 6, 3], true, 21, &device);
+        let grads1 = model.grads(&ng, 11, &device);
+        let f1: Vec<HostFactors> = batch_factors(&model, &grads1);
+        let model = ng.step(&mut optim, 0.5, model, grads1);
+        // A loss that rose by 1: the damping grows.
+        let moved = ng.adapt_damping(0.0, 1.0).expect("an adaptation").damping;
+        assert!(moved > DAMPING, "{name}");
+        let grads2 = model.grads(&ng, 23, &device);
+        let f2: Vec<HostFactors> = averaged(&model, &grads2, &f1);
+        assert_direction(&format!("{name}, new damping"), &ng, &model, &grads2, &f2);
     }
 }
 

@@ -6,6 +6,7 @@ mod common;
 mod backends;
 mod conv2d;
 mod curvature_batch;
+mod damping;
 mod embedding_norm;
 mod errors;
 mod kfac;
