@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::optim::momentum::MomentumConfig;
-use burn_natgrad::{FisherKind, NaturalGradientConfig, SolverKind};
+use burn_natgrad::{AdaptiveDampingConfig, FisherKind, NaturalGradientConfig, SolverKind};
 use clap::{Parser, ValueEnum};
 use natgrad_mnist::{
     plot, results_csv, results_table, run, seeds_csv, seeds_table, OptimizerSpec, RunOptions,
@@ -71,6 +71,10 @@ struct Args {
     solver: Solver,
     #[command(flatten)]
     curvature: CurvatureArgs,
+    /// Adapt the natural gradient's damping every N steps (Levenberg–Marquardt, from --damping,
+    /// within [1e-6, 1e6]); 0: fixed damping.
+    #[arg(long, default_value_t = 0)]
+    adaptive_damping: usize,
     /// Tikhonov damping λ of the natural gradient [default: 5 empirical, 1 sampled; KFAC 0.03
     /// empirical, 0.05 sampled].
     #[arg(long)]
@@ -165,6 +169,10 @@ fn ngd_config(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpe
             Solver::CgParam => SolverKind::CgParam,
         })
         .with_curvature(args.curvature.kind())
+        .with_adaptive_damping(
+            (args.adaptive_damping > 0)
+                .then(|| AdaptiveDampingConfig::new().with_period(args.adaptive_damping)),
+        )
         .with_damping(damping)
         .with_curvature_batch(args.curvature_batch)
         .with_kl_max(kl_max(args));

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::optim::momentum::MomentumConfig;
 use burn::tensor::Device;
-use burn_natgrad::{FisherKind, NaturalGradientConfig};
+use burn_natgrad::{AdaptiveDampingConfig, CurvatureKind, FisherKind, NaturalGradientConfig};
 use natgrad_mnist::{plot, results_csv, results_table, run, MnistData, OptimizerSpec, RunOptions};
 
 fn fixture() -> PathBuf {
@@ -21,13 +21,9 @@ fn device() -> Device {
     Device::flex().autodiff()
 }
 
-#[test]
-fn every_optimizer_trains_on_the_fixture_and_outputs_are_written() {
-    let data = MnistData::from_dir(&fixture())
-        .unwrap()
-        .limit_train(Some(1920));
-    assert_eq!((data.train.len(), data.test.len()), (1920, 500));
-    let options = RunOptions {
+/// One epoch of batch 64 on a hidden width of 32: quick on the fixture.
+fn options() -> RunOptions {
+    RunOptions {
         epochs: 1,
         batch_size: 64,
         hidden: 32,
@@ -35,7 +31,16 @@ fn every_optimizer_trains_on_the_fixture_and_outputs_are_written() {
         device: device(),
         progress_bar: false,
         quiet: true,
-    };
+    }
+}
+
+#[test]
+fn every_optimizer_trains_on_the_fixture_and_outputs_are_written() {
+    let data = MnistData::from_dir(&fixture())
+        .unwrap()
+        .limit_train(Some(1920));
+    assert_eq!((data.train.len(), data.test.len()), (1920, 500));
+    let options = options();
     // The example's defaults for each Fisher.
     let specs = [
         OptimizerSpec::Ngd {
@@ -143,6 +148,39 @@ fn rewrite_raw(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<u8>)) {
     std::fs::remove_file(&gz).unwrap();
     edit(&mut bytes);
     std::fs::write(dir.join(name), bytes).unwrap();
+}
+
+/// KFAC and the adaptive damping through the Learner on the fixture: the loss falls, no step
+/// is skipped, and the damping moved (the `TrainStep` hands the loss after each due step over).
+#[test]
+fn kfac_with_adaptive_damping_trains_through_the_learner() {
+    let data = MnistData::from_dir(&fixture())
+        .unwrap()
+        .limit_train(Some(1920));
+    let options = options();
+    let spec = OptimizerSpec::Ngd {
+        config: NaturalGradientConfig::new()
+            .with_curvature(CurvatureKind::kfac())
+            .with_damping(0.03)
+            .with_adaptive_damping(Some(AdaptiveDampingConfig::new().with_period(2))),
+        lr: 0.1,
+    };
+    let out = std::env::temp_dir().join(format!("natgrad-mnist-kfac-{}", std::process::id()));
+    let r = run(&spec, &data, &options, &out);
+    assert_eq!(spec.name(), "kfac-empirical");
+    let first: f64 = r.step_losses[..5].iter().sum::<f64>() / 5.0;
+    let last: f64 = r.step_losses[25..].iter().sum::<f64>() / 5.0;
+    assert!(
+        last < 0.8 * first,
+        "loss did not fall ({first:.3} -> {last:.3})"
+    );
+    assert_eq!(r.skipped_steps, 0);
+    let damping = r.final_damping.expect("a natural gradient");
+    assert!(
+        (damping - 0.03).abs() > 1e-6,
+        "the damping never moved: {damping}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]

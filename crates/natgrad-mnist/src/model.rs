@@ -10,7 +10,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::activation::relu;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use burn_natgrad::{Capture, NaturalGradient};
 
@@ -26,6 +26,8 @@ pub struct Record {
     /// Correct and total test predictions, and the summed test cross-entropy, per epoch.
     pub test: Vec<(usize, usize, f64)>,
     started: Option<Instant>,
+    /// With adaptive damping: the last step's batch and loss, for the loss after it.
+    pending: Option<(Tensor<2>, Tensor<1, Int>, f64)>,
 }
 
 /// A shared handle on a [`Record`].
@@ -113,6 +115,26 @@ impl Mlp {
     }
 }
 
+impl Mlp {
+    /// Adaptive damping: when the last applied step asks for it, this (updated) model's loss on
+    /// that step's batch, handed to the natural gradient with the loss before it. The
+    /// Learner's `optimize` sees no batch, so the next `step` does it.
+    fn adapt_damping(&self, ng: &NaturalGradient) {
+        let pending = self
+            .recorder
+            .as_ref()
+            .and_then(|r| r.with(|rec| rec.pending.take()));
+        if let (true, Some((images, targets, before))) = (ng.adaptation_due(), pending) {
+            let logits = self.forward(images);
+            let after = CrossEntropyLossConfig::new()
+                .init(&logits.device())
+                .forward(logits, targets)
+                .into_scalar::<f64>();
+            ng.adapt_damping(before, after);
+        }
+    }
+}
+
 impl TrainStep for Mlp {
     type Input = MnistBatch;
     type Output = ClassificationOutput;
@@ -124,9 +146,19 @@ impl TrainStep for Mlp {
         let output = match &self.natgrad {
             // The natural gradient: capture, loss + factors in one backward.
             Some(ng) => {
+                self.adapt_damping(ng);
+                let keep = ng
+                    .config()
+                    .adaptive_damping
+                    .is_some()
+                    .then(|| (batch.images.clone(), batch.targets.clone()));
                 let (mut capture, images) = ng.capture(batch.images);
                 let logits = self.forward_with(images, &mut capture);
                 let out = ng.classification(self, capture, logits, batch.targets.clone());
+                if let (Some(r), Some((x, y))) = (&self.recorder, keep) {
+                    let loss = out.loss.clone().into_scalar::<f64>();
+                    r.with(|rec| rec.pending = Some((x, y, loss)));
+                }
                 TrainOutput {
                     grads: out.grads,
                     item: ClassificationOutput::new(out.loss, out.logits, batch.targets),

@@ -149,6 +149,8 @@ pub struct RunResult {
     pub median_step_ms: f64,
     /// Steps the natural gradient skipped (non-finite direction).
     pub skipped_steps: u64,
+    /// The natural gradient's damping at the end (moved by adaptive damping), if any.
+    pub final_damping: Option<f64>,
     /// Test evaluations during training, `(train seconds, step, accuracy)` (the hand-written
     /// loop's; empty for the Learner's runs, which evaluate once per epoch).
     pub evals: Vec<(f64, usize, f64)>,
@@ -236,7 +238,8 @@ pub fn run(spec: &OptimizerSpec, data: &MnistData, options: &RunOptions, dir: &P
             epochs,
             step_losses: r.losses.clone(),
             median_step_ms: median(&r.step_ms),
-            skipped_steps: natgrad.map_or(0, |ng| ng.stats().skipped),
+            skipped_steps: natgrad.as_ref().map_or(0, |ng| ng.stats().skipped),
+            final_damping: natgrad.as_ref().map(|ng| ng.damping()),
             evals: Vec::new(),
         }
     })

@@ -161,7 +161,8 @@ pub fn train_cnn(spec: &OptimizerSpec, data: &MnistData, options: &LoopOptions) 
         epochs,
         step_losses: losses,
         median_step_ms: median(&step_ms),
-        skipped_steps: natgrad.map_or(0, |ng| ng.stats().skipped),
+        skipped_steps: natgrad.as_ref().map_or(0, |ng| ng.stats().skipped),
+        final_damping: natgrad.as_ref().map(|ng| ng.damping()),
         evals,
     }
 }
