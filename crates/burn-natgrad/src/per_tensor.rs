@@ -15,9 +15,11 @@ thread_local! {
     /// While [`NaturalGradient::owns`] runs on this thread: the address of the probing
     /// optimizer's shared state, and whether its per-tensor part was reached. Every
     /// `NaturalGradient`'s per-tensor part then only notes the call and changes nothing.
-    pub(crate) static PROBE: std::cell::Cell<Option<(usize, bool)>> = const { std::cell::Cell::new(None) };
+    pub(crate) static PROBE: std::cell::Cell<Option<(usize, bool)>> =
+        const { std::cell::Cell::new(None) };
     /// While [`NaturalGradient::resume_from`] runs on this thread: the address of the reading
-    /// optimizer's shared state, and the KFAC states its per-tensor part was handed, in order.
+    /// optimizer's shared state, and the states (KFAC, damping) its per-tensor part was handed,
+    /// in order.
     pub(crate) static READ: std::cell::RefCell<Option<(usize, Vec<Recorded>)>> =
         const { std::cell::RefCell::new(None) };
 }
@@ -35,8 +37,9 @@ impl Optimizer for NaturalGradient {
     /// # Panics
     /// When handed more tensors than the last [`apply`](NaturalGradient::apply) holds, i.e. raw
     /// gradients: `TrainStep::optimize` was not overridden, the Learner ran multi-device
-    /// training (`optimize_multi`), or the [`ModuleOptimizer`](burn::optim::ModuleOptimizer) comes from another
-    /// `NaturalGradient` than the one that preconditioned.
+    /// training (`optimize_multi`), or the
+    /// [`ModuleOptimizer`](burn::optim::ModuleOptimizer) comes from another `NaturalGradient`
+    /// than the one that preconditioned.
     fn step<const D: usize>(
         &self,
         lr: LearningRate,
