@@ -97,12 +97,13 @@ impl NaturalGradient {
                     damping,
                 };
                 match kfac::solve(&factors, |id| self.kfac_state(id), &options) {
-                    Ok((directions, ud, states)) => Solved {
-                        directions,
-                        quadratic: ud.square().sum(),
+                    Ok(s) => Solved {
+                        directions: s.directions,
+                        quadratic: s.ud.square().sum(),
                         residual: None,
                         iterations: 0,
-                        kfac: states,
+                        kfac: s.states,
+                        gradients: Some(s.gradients),
                     },
                     Err(reason) => return Ok(Preconditioned::skipped(lr, reason)),
                 }
@@ -114,6 +115,7 @@ impl NaturalGradient {
             residual,
             iterations,
             kfac,
+            gradients,
         } = solved;
         // Parameters no rule covers: their Fisher block is zero, `d = g / λ` (or `scale · g`).
         let uncovered_scale = c.uncovered.scale(damping);
@@ -135,11 +137,14 @@ impl NaturalGradient {
         // For the adaptive damping's predicted change: gᵀd and ‖d‖² (before the trust region).
         let adaptive = c.adaptive_damping.is_some();
         if adaptive {
-            let (gd, dd) = factors
-                .blocks
-                .iter()
-                .enumerate()
-                .map(|(i, _)| (factors.gradient(i), &directions[i]))
+            let gradients = gradients.unwrap_or_else(|| {
+                (0..factors.blocks.len())
+                    .map(|i| factors.gradient(i))
+                    .collect()
+            });
+            let (gd, dd) = gradients
+                .into_iter()
+                .zip(&directions)
                 .chain(
                     factors
                         .uncovered
@@ -270,18 +275,20 @@ impl NaturalGradient {
             residual,
             iterations,
             kfac: Vec::new(),
+            gradients: None,
         }
     }
 }
 
 /// The directions of the captured blocks (in block order), `dᵀFd`, the largest CG residual, the
-/// CG iterations and, with KFAC, the blocks' new states.
+/// CG iterations and, with KFAC, the blocks' new states and the gradients it formed.
 struct Solved {
     directions: Vec<Tensor<2>>,
     quadratic: Tensor<1>,
     residual: Option<Tensor<1>>,
     iterations: usize,
     kfac: Vec<KfacState>,
+    gradients: Option<Vec<Tensor<2>>>,
 }
 
 /// Registers a matrix-view tensor under `id` with the parameter's rank and shape (the view is

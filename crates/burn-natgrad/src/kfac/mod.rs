@@ -227,16 +227,28 @@ pub(crate) fn direction(state: &KfacState, g: Tensor<2>) -> Tensor<2> {
     }
 }
 
-/// A KFAC solve of every block: the directions (block order), `U d` (`[M, 1]`, so that `dᵀFd =
-/// ‖U d‖²` with the batch's own Fisher rows) and the blocks' new states; `Err` names a block
-/// whose factor cannot be inverted.
+/// A KFAC solve of every block, in block order.
+pub(crate) struct Solution {
+    /// The directions.
+    pub directions: Vec<Tensor<2>>,
+    /// `U d` (`[M, 1]`), so that `dᵀFd = ‖U d‖²` with the batch's own Fisher rows.
+    pub ud: Tensor<2>,
+    /// The blocks' new states.
+    pub states: Vec<KfacState>,
+    /// The gradients the directions were computed from (formed once, also for the adaptive
+    /// damping's `gᵀd`).
+    pub gradients: Vec<Tensor<2>>,
+}
+
+/// A KFAC solve of every block; `Err` names a block whose factor cannot be inverted.
 pub(crate) fn solve(
     factors: &Factors,
     previous: impl Fn(ParamId) -> Option<KfacState>,
     o: &KfacOptions,
-) -> Result<(Vec<Tensor<2>>, Tensor<2>, Vec<KfacState>), String> {
+) -> Result<Solution, String> {
     let mut directions = Vec::with_capacity(factors.blocks.len());
     let mut states = Vec::with_capacity(factors.blocks.len());
+    let mut gradients = Vec::with_capacity(factors.blocks.len());
     for (i, block) in factors.blocks.iter().enumerate() {
         let state =
             update(previous(block.id).as_ref(), block.id, &block.factors, o).map_err(|which| {
@@ -245,12 +257,19 @@ pub(crate) fn solve(
                     block.path
                 )
             })?;
-        directions.push(direction(&state, factors.gradient(i)));
+        let g = factors.gradient(i);
+        directions.push(direction(&state, g.clone()));
+        gradients.push(g);
         states.push(state);
     }
     let blocks: Vec<_> = factors.blocks.iter().collect();
     let ud = products::project(&blocks, &directions);
-    Ok((directions, ud, states))
+    Ok(Solution {
+        directions,
+        ud,
+        states,
+        gradients,
+    })
 }
 
 #[cfg(test)]
