@@ -20,15 +20,7 @@ use natgrad_mnist::{
 
 #[path = "shared/cli.rs"]
 mod cli;
-use cli::{checked_data, device, Checks, Common, CurvatureArgs, ADAM_GRID, SGD_GRID};
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-enum Opt {
-    Ngd,
-    Sgd,
-    Adam,
-    All,
-}
+use cli::{checked_data, chosen_specs, device, Checks, Common, CurvatureArgs, Opt};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Fisher {
@@ -246,41 +238,21 @@ fn main() -> ExitCode {
         progress_bar: std::io::stdout().is_terminal(),
         quiet: false,
     };
-    let all = args.optimizers.contains(&Opt::All);
-    let wants = |o: Opt| all || args.optimizers.contains(&o);
-    let specs: Vec<OptimizerSpec> = if args.sweep {
-        let mut s = Vec::new();
-        if wants(Opt::Ngd) {
-            // Five configurations, as many as SGD's grid: (lr, damping, momentum).
-            let grid = if args.curvature.kfac() {
-                KFAC_GRID
-            } else {
-                NGD_GRID
-            };
-            for (lr, damping, momentum) in grid {
-                s.push(ngd_config(&args, lr, damping, momentum));
-            }
-        }
-        if wants(Opt::Sgd) {
-            s.extend(SGD_GRID.map(|lr| OptimizerSpec::Sgd { lr }));
-        }
-        if wants(Opt::Adam) {
-            s.extend(ADAM_GRID.map(|lr| OptimizerSpec::Adam { lr }));
-        }
-        s
+    // Five natural-gradient configurations, as many as SGD's grid: (lr, damping, momentum).
+    let grid = if args.curvature.kfac() {
+        KFAC_GRID
     } else {
-        let mut s = Vec::new();
-        if wants(Opt::Ngd) {
-            s.push(ngd);
-        }
-        if wants(Opt::Sgd) {
-            s.push(OptimizerSpec::Sgd { lr: args.sgd_lr });
-        }
-        if wants(Opt::Adam) {
-            s.push(OptimizerSpec::Adam { lr: args.adam_lr });
-        }
-        s
+        NGD_GRID
     };
+    let grid = grid.map(|(lr, d, m)| ngd_config(&args, lr, d, m)).to_vec();
+    let specs = chosen_specs(
+        &args.optimizers,
+        args.sweep,
+        grid,
+        ngd,
+        args.sgd_lr,
+        args.adam_lr,
+    );
     println!(
         "MNIST: {} train / {} test examples, MLP 784-{}-10, batch {}, {} epoch(s), backend {:?}",
         data.train.len(),

@@ -13,20 +13,12 @@ use std::process::ExitCode;
 
 use burn::optim::momentum::MomentumConfig;
 use burn_natgrad::{AdaptiveDampingConfig, NaturalGradientConfig, UncoveredPolicy};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use natgrad_mnist::{plot, results_csv, results_table, train_cnn, LoopOptions, OptimizerSpec};
 
 #[path = "shared/cli.rs"]
 mod cli;
-use cli::{checked_data, device, Checks, Common, CurvatureArgs, ADAM_GRID, SGD_GRID};
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-enum Opt {
-    Ngd,
-    Sgd,
-    Adam,
-    All,
-}
+use cli::{checked_data, chosen_specs, device, Checks, Common, CurvatureArgs, Opt};
 
 /// Natural gradient vs SGD vs Adam on MNIST (Burn's guide CNN), in a hand-written loop.
 #[derive(Parser, Debug)]
@@ -150,13 +142,14 @@ fn ngd(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpec {
 /// Every numeric option, the natural gradient's configuration and the output folder, before
 /// anything is loaded.
 fn check(args: &Args) -> Result<(), String> {
+    let (lr, damping) = lr_damping(args);
     let mut checks = Checks::default();
     checks
         .at_least_one("batch-size", args.batch_size)
         .at_least_one("hidden", args.hidden)
         .at_least_one("evals-per-epoch", args.evals_per_epoch)
-        .positive("lr", lr_damping(args).0)
-        .positive("damping", lr_damping(args).1)
+        .positive("lr", lr)
+        .positive("damping", damping)
         .positive("sgd-lr", args.sgd_lr)
         .positive("adam-lr", args.adam_lr)
         .fraction("momentum", args.momentum)
@@ -167,7 +160,6 @@ fn check(args: &Args) -> Result<(), String> {
         checks.at_least_one("curvature-batch", m);
     }
     args.curvature.check(&mut checks);
-    let (lr, damping) = lr_damping(args);
     if let OptimizerSpec::Ngd { config, .. } = ngd(args, lr, damping, args.momentum) {
         checks.config(&config);
     }
@@ -180,36 +172,21 @@ fn main() -> ExitCode {
         Ok(data) => data,
         Err(code) => return code,
     };
-    let all = args.optimizers.contains(&Opt::All);
-    let wants = |o: Opt| all || args.optimizers.contains(&o);
-    let mut specs = Vec::new();
-    if args.sweep {
-        if wants(Opt::Ngd) {
-            let grid = if args.curvature.kfac() {
-                KFAC_GRID
-            } else {
-                NGD_GRID
-            };
-            specs.extend(grid.map(|(lr, d, m)| ngd(&args, lr, d, m)));
-        }
-        if wants(Opt::Sgd) {
-            specs.extend(SGD_GRID.map(|lr| OptimizerSpec::Sgd { lr }));
-        }
-        if wants(Opt::Adam) {
-            specs.extend(ADAM_GRID.map(|lr| OptimizerSpec::Adam { lr }));
-        }
+    let grid = if args.curvature.kfac() {
+        KFAC_GRID
     } else {
-        if wants(Opt::Ngd) {
-            let (lr, damping) = lr_damping(&args);
-            specs.push(ngd(&args, lr, damping, args.momentum));
-        }
-        if wants(Opt::Sgd) {
-            specs.push(OptimizerSpec::Sgd { lr: args.sgd_lr });
-        }
-        if wants(Opt::Adam) {
-            specs.push(OptimizerSpec::Adam { lr: args.adam_lr });
-        }
-    }
+        NGD_GRID
+    };
+    let grid = grid.map(|(lr, d, m)| ngd(&args, lr, d, m)).to_vec();
+    let (lr, damping) = lr_damping(&args);
+    let specs = chosen_specs(
+        &args.optimizers,
+        args.sweep,
+        grid,
+        ngd(&args, lr, damping, args.momentum),
+        args.sgd_lr,
+        args.adam_lr,
+    );
     let options = LoopOptions {
         epochs: if args.sweep { 1 } else { args.common.epochs },
         batch_size: args.batch_size,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use burn::tensor::Device;
 use burn_natgrad::{CurvatureKind, NaturalGradientConfig};
 use clap::ValueEnum;
-use natgrad_mnist::MnistData;
+use natgrad_mnist::{MnistData, OptimizerSpec};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
@@ -16,6 +16,52 @@ pub enum Backend {
     Flex,
     #[cfg(feature = "wgpu")]
     Wgpu,
+}
+
+/// Which optimizers to run (`--optimizer`, repeatable).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Opt {
+    Ngd,
+    Sgd,
+    Adam,
+    All,
+}
+
+/// The runs the command line asks for, natural gradient first, then SGD, then Adam: with
+/// `--sweep` their grids (the natural gradient's given as `ngd_grid`), otherwise each once
+/// (`ngd`, and SGD and Adam at `sgd_lr` and `adam_lr`).
+pub fn chosen_specs(
+    optimizers: &[Opt],
+    sweep: bool,
+    ngd_grid: Vec<OptimizerSpec>,
+    ngd: OptimizerSpec,
+    sgd_lr: f64,
+    adam_lr: f64,
+) -> Vec<OptimizerSpec> {
+    let wants = |o: Opt| optimizers.contains(&Opt::All) || optimizers.contains(&o);
+    let mut specs = Vec::new();
+    if sweep {
+        if wants(Opt::Ngd) {
+            specs.extend(ngd_grid);
+        }
+        if wants(Opt::Sgd) {
+            specs.extend(SGD_GRID.map(|lr| OptimizerSpec::Sgd { lr }));
+        }
+        if wants(Opt::Adam) {
+            specs.extend(ADAM_GRID.map(|lr| OptimizerSpec::Adam { lr }));
+        }
+    } else {
+        if wants(Opt::Ngd) {
+            specs.push(ngd);
+        }
+        if wants(Opt::Sgd) {
+            specs.push(OptimizerSpec::Sgd { lr: sgd_lr });
+        }
+        if wants(Opt::Adam) {
+            specs.push(OptimizerSpec::Adam { lr: adam_lr });
+        }
+    }
+    specs
 }
 
 /// SGD's learning-rate grid for `--sweep`, fixed in advance.
