@@ -147,7 +147,9 @@ fn kl_max(args: &Args) -> Option<f64> {
 }
 
 fn ngd_config(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpec {
-    let mut config = NaturalGradientConfig::new()
+    let mut config = args
+        .curvature
+        .configure(NaturalGradientConfig::new())
         .with_fisher(match args.fisher {
             Fisher::Empirical => FisherKind::Empirical,
             Fisher::Sampled => FisherKind::Sampled {
@@ -160,7 +162,6 @@ fn ngd_config(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpe
             Solver::CgSample => SolverKind::CgSample,
             Solver::CgParam => SolverKind::CgParam,
         })
-        .with_curvature(args.curvature.kind())
         .with_adaptive_damping(
             (args.adaptive_damping > 0)
                 .then(|| AdaptiveDampingConfig::new().with_period(args.adaptive_damping)),

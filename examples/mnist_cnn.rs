@@ -114,9 +114,10 @@ fn lr_damping(args: &Args) -> (f64, f64) {
 }
 
 fn ngd(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpec {
-    let mut config = NaturalGradientConfig::new()
+    let mut config = args
+        .curvature
+        .configure(NaturalGradientConfig::new())
         .with_damping(damping)
-        .with_curvature(args.curvature.kind())
         .with_adaptive_damping(
             (args.adaptive_damping > 0)
                 .then(|| AdaptiveDampingConfig::new().with_period(args.adaptive_damping)),

@@ -91,9 +91,21 @@ pub struct CurvatureArgs {
     /// Steps between KFAC's factor inversions.
     #[arg(long, default_value_t = 10)]
     pub kfac_inverse_period: usize,
+    /// KFAC: explicit per-example rows (a convolution, LayerNorm) of at most this many entries
+    /// get their exact block; a larger one-group convolution its Kronecker factors (KFC), 0:
+    /// every one-group convolution.
+    #[arg(long, default_value_t = 2048)]
+    pub kfac_block_limit: usize,
 }
 
 impl CurvatureArgs {
+    /// `config` with this curvature and KFAC's block limit.
+    pub fn configure(&self, config: NaturalGradientConfig) -> NaturalGradientConfig {
+        config
+            .with_curvature(self.kind())
+            .with_kfac_block_limit(self.kfac_block_limit)
+    }
+
     /// The library's value.
     pub fn kind(&self) -> CurvatureKind {
         match self.curvature {

@@ -37,6 +37,10 @@ pub struct Capture {
     pub(crate) enabled: bool,
     /// How the forward pass's rows are stacked (the sampled Fisher's), if they are.
     pub(crate) stack: Option<Stack>,
+    /// The factors are for KFAC with this block limit: a convolution with more weights keeps
+    /// its Kronecker factors (KFC) instead of materialising its per-example gradients. Set by
+    /// the classification step from the configuration.
+    pub(crate) kronecker: Option<usize>,
 }
 
 /// The sampled Fisher's stacked batch: the `batch` examples, then `samples` copies of the first
@@ -136,6 +140,7 @@ impl Capture {
             records: Vec::new(),
             enabled: true,
             stack: None,
+            kronecker: None,
         }
     }
 
@@ -145,6 +150,7 @@ impl Capture {
             records: Vec::new(),
             enabled: false,
             stack: None,
+            kronecker: None,
         }
     }
 
@@ -181,7 +187,7 @@ impl Capture {
     pub fn into_factors(self, grads: &Gradients) -> Result<CapturedFactors, NatGradError> {
         let mut blocks: Vec<(ParamId, BlockFactors)> = Vec::new();
         for record in self.records {
-            let uses = record.blocks(grads).ok_or_else(|| {
+            let uses = record.blocks(grads, self.kronecker).ok_or_else(|| {
                 NatGradError::InvalidInput(
                     "a captured layer's output did not reach the loss (its probe has no \
                      gradient); capture only layers the loss depends on"

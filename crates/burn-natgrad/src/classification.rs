@@ -13,6 +13,7 @@ use burn::tensor::{Int, Tensor};
 use burn::train::{ClassificationOutput, TrainOutput};
 
 use crate::capture::Capture;
+use crate::config::CurvatureKind;
 use crate::error::NatGradError;
 use crate::factors::{gradient_weight_id, BlockFactors, DataRows, Factors};
 use crate::fisher::{
@@ -167,7 +168,14 @@ impl NaturalGradient {
             None => per_row,
         };
         let gradients = weighted.sum().div_scalar(n as f64).backward();
-        let layers = capture.into_factors(&gradients)?;
+        // KFAC keeps a large convolution's Kronecker factors (KFC); the Gram solve its rows.
+        let kronecker = matches!(self.config.curvature, CurvatureKind::Kfac { .. })
+            .then_some(self.config.kfac_block_limit);
+        let layers = Capture {
+            kronecker,
+            ..capture
+        }
+        .into_factors(&gradients)?;
         let mut grads = GradientsParams::from_grads(gradients, model);
 
         // Every row is scaled alike, so that the Fisher is UᵀU; the gradient is then

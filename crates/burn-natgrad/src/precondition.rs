@@ -95,6 +95,7 @@ impl NaturalGradient {
                     decay,
                     inverse_period,
                     damping,
+                    block_limit: self.config.kfac_block_limit,
                 };
                 match kfac::solve(&factors, |id| self.kfac_state(id), &options) {
                     Ok(s) => Solved {

@@ -82,7 +82,14 @@ impl OptimizerSpec {
                     CurvatureKind::Kfac {
                         decay,
                         inverse_period,
-                    } => format!("KFAC decay {decay} inverses every {inverse_period}"),
+                    } => format!(
+                        "KFAC decay {decay} inverses every {inverse_period}{}",
+                        if config.kfac_block_limit == 2048 {
+                            String::new()
+                        } else {
+                            format!(" block limit {}", config.kfac_block_limit)
+                        }
+                    ),
                 },
                 config
                     .momentum

@@ -27,7 +27,9 @@ pub enum BlockFactors {
     /// A Linear weight `[in, out]`: `input` is `[P, T, in]`, `output_grad` is `[M, T, out]`, and
     /// the per-example gradient is `u_m = Σ_t input[m mod P, t]ᵀ output_grad[m, t]`. `P` divides
     /// `M`; it is smaller than `M` when the rows are copies of the batch that shared the layer's
-    /// input (the sampled Fisher's), and then `X Xᵀ` is computed once for all copies.
+    /// input (the sampled Fisher's), and then `X Xᵀ` is computed once for all copies. The first
+    /// factor indexes the view's rows and the second its columns: a convolution's `[out,
+    /// C·kh·kw]` weight in KFAC's form has its output gradients first and its patches second.
     Weight {
         /// Layer inputs, `[P, T, in]`.
         input: Tensor<3>,

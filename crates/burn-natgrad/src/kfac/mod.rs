@@ -8,9 +8,14 @@
 //! block's Fisher is `UᵀU`, see [`FisherKind`](crate::FisherKind)):
 //!
 //! * a weight (`[P, T, in]` inputs `x`, `[M, T, out]` output gradients `δ`): `F ≈ A ⊗ G` with
-//!   `A = Σ_{p,t} x xᵀ / (P·T)` and `G = Σ_{m,t} δ δᵀ`, so that `(A ⊗ G) vec(V) = A V G`;
+//!   `A = Σ_{p,t} x xᵀ / (P·T)` and `G = Σ_{m,t} δ δᵀ`, so that `(A ⊗ G) vec(V) = A V G`; a
+//!   one-group convolution is such a block with its output gradients as the first factor and
+//!   its patches as the second (KFC: Grosse & Martens, "A Kronecker-factored approximate Fisher
+//!   matrix for convolution layers", 2016), the scale `1/(P·T)` moving between the factors,
+//!   which the π-corrected damping below does not see;
 //! * an embedding table (a gather): the same, with `A` diagonal (how often each id is read);
-//! * a bias, or any parameter with explicit rows of at most [`FULL_LIMIT`] entries: its block
+//! * a bias, or any parameter with explicit rows of at most
+//!   [`kfac_block_limit`](crate::NaturalGradientConfig::kfac_block_limit) entries: its block
 //!   `UᵀU` itself; larger explicit rows: their diagonal.
 //!
 //! The factors are exponential moving averages over steps (decay `ε`); the damped inverse uses
@@ -27,10 +32,6 @@ use burn::tensor::{IndexingUpdateOp, Tensor, TensorData};
 use crate::cholesky::cholesky_inverse;
 use crate::factors::{products, BlockFactors, Factors};
 pub use state::{KfacState, NaturalGradientState};
-
-/// Explicit rows of at most this many entries get their whole block `UᵀU`; longer ones their
-/// diagonal (a `numel²` block would not fit).
-pub const FULL_LIMIT: usize = 2048;
 
 /// What kind of block a [`KfacState`] holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,10 +64,13 @@ pub(crate) struct KfacOptions {
     pub inverse_period: usize,
     /// Tikhonov damping `λ`.
     pub damping: f64,
+    /// Explicit rows of at most this many entries get their whole block `UᵀU`, longer ones
+    /// their diagonal.
+    pub block_limit: usize,
 }
 
 /// The batch's factors of one block: its kind, left factor (if any) and right factor.
-fn batch_factors(factors: &BlockFactors) -> (Kind, Option<Tensor<2>>, Tensor<2>) {
+fn batch_factors(factors: &BlockFactors, limit: usize) -> (Kind, Option<Tensor<2>>, Tensor<2>) {
     match factors {
         BlockFactors::Weight { input, output_grad } => {
             let [p, t, d_in] = input.dims();
@@ -99,7 +103,7 @@ fn batch_factors(factors: &BlockFactors) -> (Kind, Option<Tensor<2>>, Tensor<2>)
             None,
             rows.clone().transpose().matmul(rows.clone()),
         ),
-        BlockFactors::Dense { rows } if rows.dims()[1] <= FULL_LIMIT => (
+        BlockFactors::Dense { rows } if rows.dims()[1] <= limit => (
             Kind::Full,
             None,
             rows.clone().transpose().matmul(rows.clone()),
@@ -180,7 +184,7 @@ pub(crate) fn update(
     factors: &BlockFactors,
     o: &KfacOptions,
 ) -> Result<KfacState, &'static str> {
-    let (kind, left, right) = batch_factors(factors);
+    let (kind, left, right) = batch_factors(factors, o.block_limit);
     let same = |p: &KfacState| {
         p.kind() == Some(kind)
             && p.right.dims() == right.dims()
@@ -283,21 +287,24 @@ mod tests {
         host(&t)
     }
 
+    const LIMIT: usize = 2048;
+
     fn options(damping: f64) -> KfacOptions {
         KfacOptions {
             decay: 0.9,
             inverse_period: 1,
             damping,
+            block_limit: LIMIT,
         }
     }
 
-    /// Explicit rows of at most `FULL_LIMIT` entries get the damped inverse of their whole block,
-    /// longer ones of its diagonal.
+    /// Explicit rows of at most `block_limit` entries get the damped inverse of their whole
+    /// block, longer ones of its diagonal.
     #[test]
     fn explicit_rows_use_the_full_block_or_its_diagonal() {
         for device in cpu_devices() {
             let id = ParamId::new();
-            for (n, kind) in [(5, Kind::Full), (FULL_LIMIT + 1, Kind::Diagonal)] {
+            for (n, kind) in [(5, Kind::Full), (LIMIT + 1, Kind::Diagonal)] {
                 let rows = Tensor::<2>::random([3, n], Distribution::Normal(0.0, 1.0), &device);
                 let g = Tensor::<2>::random([1, n], Distribution::Normal(0.0, 1.0), &device);
                 let block = BlockFactors::Dense { rows: rows.clone() };

@@ -6,10 +6,15 @@
 //! positions, rows ordered `c·kh·kw + i·kw + j`) and the probe's gradient `Δₙ` (`[N, T, out]`);
 //! the per-example weight gradient is `Δₙᵀ Uₙ`, `[out, C·kh·kw]`, which is the weight
 //! `[out, C, kh, kw]` read row-major. With `groups = g`, output channels `j·out/g ..` see input
-//! channels `j·C/g ..` only: the product is taken per group. The per-example gradients are
-//! materialised (`N × out·C/g·kh·kw`): a convolution's exact Gram `Σ_{t,s}(uₙₜ·uₘₛ)(δₙₜ·δₘₛ)`
-//! would cost `(N·T)²` memory. Padding (`Valid`, `Explicit`, `Same`, asymmetric with an even
-//! kernel), stride and dilation are those of the layer's own forward pass.
+//! channels `j·C/g ..` only: the product is taken per group. For the Gram solve the per-example
+//! gradients are materialised (`N × out·C/g·kh·kw`): a convolution's exact Gram
+//! `Σ_{t,s}(uₙₜ·uₘₛ)(δₙₜ·δₘₛ)` would cost `(N·T)²` memory. For KFAC, a one-group
+//! convolution with more weights than its block limit
+//! ([`kfac_block_limit`](crate::NaturalGradientConfig::kfac_block_limit)) keeps the two factors
+//! instead, as a [`BlockFactors::Weight`] whose first factor is `Δ` (`[N, T, out]`, the view's
+//! rows) and second the patches: KFAC then forms KFC's `Σ δδᵀ ⊗ Σ uuᵀ` ("expand") instead of
+//! the `numel²` block it could not hold. Padding (`Valid`, `Explicit`, `Same`, asymmetric with an even kernel),
+//! stride and dilation are those of the layer's own forward pass.
 
 use burn::module::ParamId;
 use burn::nn::conv::Conv2d;
@@ -38,7 +43,14 @@ pub(crate) struct Conv2dUse {
 }
 
 impl Conv2dUse {
-    pub(crate) fn blocks(self, grads: &Gradients) -> Option<Vec<(ParamId, BlockFactors)>> {
+    /// The blocks of this use; with `kronecker` (KFAC's block limit) a one-group weight with
+    /// more entries keeps its factors (see the module documentation), otherwise its per-example
+    /// gradients are materialised.
+    pub(crate) fn blocks(
+        self,
+        grads: &Gradients,
+        kronecker: Option<usize>,
+    ) -> Option<Vec<(ParamId, BlockFactors)>> {
         let grad = self.probe.grad(grads)?;
         let [n, out, oh, ow] = grad.dims();
         let t = oh * ow;
@@ -47,14 +59,24 @@ impl Conv2dUse {
         let mut blocks = Vec::new();
         if let Some(weight) = self.weight {
             let g = self.groups;
-            let ckk = self.patches.dims()[2];
-            let (og, cg) = (out / g, ckk / g);
-            let per_example = delta
-                .clone()
-                .reshape([n, g, og, t])
-                .matmul(self.patches.reshape([n, t, g, cg]).swap_dims(1, 2))
-                .reshape([n, out * cg]);
-            blocks.push((weight, BlockFactors::Dense { rows: per_example }));
+            let numel = out * self.patches.dims()[2] / g;
+            let factors = if g == 1 && kronecker.is_some_and(|limit| numel > limit) {
+                // The view `[out, C·kh·kw]` is `Σ_t δₜᵀ uₜ`: Δ is the left factor.
+                BlockFactors::Weight {
+                    input: delta.clone().swap_dims(1, 2),
+                    output_grad: self.patches,
+                }
+            } else {
+                let ckk = self.patches.dims()[2];
+                let (og, cg) = (out / g, ckk / g);
+                let per_example = delta
+                    .clone()
+                    .reshape([n, g, og, t])
+                    .matmul(self.patches.reshape([n, t, g, cg]).swap_dims(1, 2))
+                    .reshape([n, out * cg]);
+                BlockFactors::Dense { rows: per_example }
+            };
+            blocks.push((weight, factors));
         }
         if let Some(bias) = self.bias {
             let rows = delta.sum_dim(2).reshape([n, out]);

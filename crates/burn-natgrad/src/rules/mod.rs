@@ -12,8 +12,10 @@
 //! 3. hands each trainable parameter its [`BlockFactors`], whose matrix view is the parameter's
 //!    shape read row-major as `[shape[0], rest]`: factors for Linear's `[in, out]` weight,
 //!    explicit per-example rows for a convolution's `[out, in/groups, kh, kw]` (cheaper than its
-//!    `(N·T)²` Gram) and for LayerNorm's `γ`, `β`, ids and output gradients for an embedding
-//!    table (its one-hot input never formed), a bias's `Σ_t output_gradₙₜ`.
+//!    `(N·T)²` Gram; for KFAC beyond its block limit, its two factors, output gradients
+//!    first: KFC) and for
+//!    LayerNorm's `γ`, `β`, ids and output gradients for an embedding table (its one-hot input
+//!    never formed), a bias's `Σ_t output_gradₙₜ`.
 //!
 //! The Gram, projection and back-projection algebra is shared ([`factors`](crate::factors));
 //! solvers see blocks, never layers. Adding a layer kind is one file here plus its test
@@ -83,10 +85,16 @@ pub(crate) enum Recorded {
 impl Recorded {
     /// The factors of each trainable parameter of this use, or `None` when its probe got no
     /// gradient (the layer's output did not reach the loss).
-    pub(crate) fn blocks(self, grads: &Gradients) -> Option<Vec<(ParamId, BlockFactors)>> {
+    /// With `kronecker` (KFAC's block limit), a convolution with more weights keeps its
+    /// Kronecker factors instead of materialising its per-example gradients.
+    pub(crate) fn blocks(
+        self,
+        grads: &Gradients,
+        kronecker: Option<usize>,
+    ) -> Option<Vec<(ParamId, BlockFactors)>> {
         match self {
             Recorded::Linear(u) => u.blocks(grads),
-            Recorded::Conv2d(u) => u.blocks(grads),
+            Recorded::Conv2d(u) => u.blocks(grads, kronecker),
             Recorded::Embedding(u) => u.blocks(grads),
             Recorded::LayerNorm(u) => u.blocks(grads),
         }

@@ -1,13 +1,17 @@
 //! The Conv2d rule against the exact per-example loop (the oracle) and against a dense solve,
-//! over strides, dilation, groups and every padding of Burn's `Conv2d`, on every backend.
+//! over strides, dilation, groups and every padding of Burn's `Conv2d`, on every backend; in
+//! both of its factor forms: materialised rows (the Gram solve's) and the Kronecker factors
+//! KFAC asks for (KFC), whose exact Gram the solvers can also use.
 
 use crate::common::*;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::Tensor;
-use burn_natgrad::testing::{gram, Block, Factors};
+use burn_natgrad::testing::{gram, Block, BlockFactors, Factors};
 use burn_natgrad::NaturalGradientOutput;
-use burn_natgrad::{per_example_classification, Capture, FisherKind, NaturalGradientConfig};
+use burn_natgrad::{
+    per_example_classification, Capture, CurvatureKind, FisherKind, NaturalGradientConfig,
+};
 
 /// The configurations the rule must cover: `(name, config, input channels, input size)`.
 fn configs() -> Vec<(&'static str, Conv2dConfig, [usize; 2])> {
@@ -50,13 +54,34 @@ fn captured(
     ng.try_classification(model, cap, logits, y).unwrap()
 }
 
+/// The Gram solve's configuration, KFAC's (these convolutions are under its default block
+/// limit: rows), and KFAC's with a block limit of 0, under which a one-group convolution keeps
+/// its Kronecker factors (KFC).
+fn curvatures() -> [(CurvatureKind, usize); 3] {
+    [
+        (CurvatureKind::Full, 2048),
+        (CurvatureKind::kfac(), 2048),
+        (CurvatureKind::kfac(), 0),
+    ]
+}
+
+fn natural_gradient(curvature: CurvatureKind, limit: usize) -> NaturalGradientConfig {
+    NaturalGradientConfig::new()
+        .with_curvature(curvature)
+        .with_kfac_block_limit(limit)
+}
+
 #[test]
 fn conv2d_rule_matches_the_per_example_loop() {
     for (name, device) in backends() {
-        for (what, config, hw) in configs() {
+        for ((what, config, hw), (curvature, limit)) in configs()
+            .into_iter()
+            .flat_map(|c| curvatures().map(|k| (c.clone(), k)))
+        {
+            let what = format!("{what}, {curvature:?}, block limit {limit}");
             let cin = config.channels[0];
             let model = ConvNet::new(config.clone(), hw, 4, 31, &device);
-            let ng = NaturalGradientConfig::new().build();
+            let ng = natural_gradient(curvature, limit).build();
             let n = 5;
             let x = tensor(3, [n, cin, hw[0], hw[1]], 1.0, &device);
             let y = labels(4, n, 4, &device);
@@ -70,6 +95,12 @@ fn conv2d_rule_matches_the_per_example_loop() {
             let expected = if config.bias { 4 } else { 3 };
             assert_eq!(fp.blocks.len(), expected, "{name} {what}");
             assert_eq!(fl.blocks.len(), expected, "{name} {what}");
+            let kronecker = curvature != CurvatureKind::Full && limit == 0 && config.groups == 1;
+            assert_eq!(
+                matches!(fp.blocks[0].factors, BlockFactors::Weight { .. }),
+                kronecker,
+                "{name} {what}: the conv weight's factor form"
+            );
             assert_blocks_match(&fp, &fl, &format!("{name} {what}"));
             // The Gram the solvers use against G Gᵀ of the loop's materialised gradients.
             let blocks: Vec<&Block> = fp.blocks.iter().collect();
@@ -82,27 +113,50 @@ fn conv2d_rule_matches_the_per_example_loop() {
     }
 }
 
+/// Every solver against the dense solve: a two-group convolution (rows), and a one-group one
+/// whose factors were captured in KFAC's Kronecker form (its exact Gram `Σ_{t,s}`).
 #[test]
 fn conv2d_solvers_match_the_dense_solve() {
     let damping = 0.05;
-    let (_, config, hw) = configs().swap_remove(3); // groups 2
+    let cases = [
+        (configs().swap_remove(3), curvatures()[0]), // groups 2
+        (configs().swap_remove(1), curvatures()[2]), // stride 2, Kronecker factors
+    ];
     for (name, device) in backends() {
-        let model = ConvNet::new(config.clone(), hw, 3, 41, &device);
-        for fisher in [FisherKind::Empirical, FisherKind::Sampled { samples: 2 }] {
-            let ng = NaturalGradientConfig::new().with_fisher(fisher).build();
-            let x = tensor(5, [6, 4, hw[0], hw[1]], 1.0, &device);
-            let out = {
-                let _rng = rng_lock();
-                device.seed(3);
-                captured(&ng, &model, x, labels(6, 6, 3, &device))
-            };
-            let factors = Factors::from_grads(&model, &out.grads).unwrap();
-            let blocks: Vec<&Block> = factors.blocks.iter().collect();
-            let g: Vec<f64> = (0..blocks.len())
-                .flat_map(|i| host(factors.gradient(i)))
-                .collect();
-            let expected = dense_direction(&blocks, g, damping);
-            assert_solvers_match_dense(&model, &out.grads, fisher, &expected, damping, name);
+        for ((what, config, hw), curvature) in cases.clone() {
+            check_solvers(name, what, config, hw, curvature, damping, &device);
         }
+    }
+}
+
+fn check_solvers(
+    name: &str,
+    what: &str,
+    config: Conv2dConfig,
+    hw: [usize; 2],
+    (curvature, limit): (CurvatureKind, usize),
+    damping: f64,
+    device: &burn::tensor::Device,
+) {
+    let name = format!("{name} {what}");
+    let cin = config.channels[0];
+    let model = ConvNet::new(config, hw, 3, 41, device);
+    for fisher in [FisherKind::Empirical, FisherKind::Sampled { samples: 2 }] {
+        let ng = natural_gradient(curvature, limit)
+            .with_fisher(fisher)
+            .build();
+        let x = tensor(5, [6, cin, hw[0], hw[1]], 1.0, device);
+        let out = {
+            let _rng = rng_lock();
+            device.seed(3);
+            captured(&ng, &model, x, labels(6, 6, 3, device))
+        };
+        let factors = Factors::from_grads(&model, &out.grads).unwrap();
+        let blocks: Vec<&Block> = factors.blocks.iter().collect();
+        let g: Vec<f64> = (0..blocks.len())
+            .flat_map(|i| host(factors.gradient(i)))
+            .collect();
+        let expected = dense_direction(&blocks, g, damping);
+        assert_solvers_match_dense(&model, &out.grads, fisher, &expected, damping, &name);
     }
 }

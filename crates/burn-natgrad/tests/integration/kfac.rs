@@ -1,7 +1,7 @@
 //! KFAC against a dense Kronecker solve formed on the host in f64 from the captured factors
 //! (the oracle builds `A`, `G`, their moving averages, the π-corrected damping and the
 //! `(in·out)²` Kronecker matrix itself), over two steps (moving average, inverse schedule), for
-//! Linear, bias, Embedding and LayerNorm blocks, the empirical and the sampled Fisher, on every
+//! Linear, bias, Embedding, LayerNorm and Conv2d (KFC) blocks, the empirical and the sampled Fisher, on every
 //! backend; and its state through the optimizer record.
 
 use crate::common::*;
@@ -158,7 +158,28 @@ impl Net for TokenNet {
     }
 }
 
+impl Net for ConvNet {
+    fn grads(&self, ng: &NaturalGradient, seed: u64, device: &Device) -> GradientsParams {
+        let (mut cap, x) = ng.capture(tensor(seed, [5, 2, 6, 5], 1.0, device));
+        let logits = self.logits(x, &mut cap);
+        ng.classification(self, cap, logits, labels(seed + 1, 5, 3, device))
+            .grads
+    }
+}
+
+/// A one-group convolution with stride 2, `[N, 2, 6, 5]` inputs: KFAC gets its Kronecker
+/// factors (KFC).
+fn conv_net(device: &Device) -> ConvNet {
+    let config = burn::nn::conv::Conv2dConfig::new([2, 3], [3, 2]).with_stride([2, 1]);
+    ConvNet::new(config, [6, 5], 3, 31, device)
+}
+
 fn kfac(fisher: FisherKind, inverse_period: usize) -> NaturalGradient {
+    kfac_limited(fisher, inverse_period, 2048)
+}
+
+/// KFAC with the block limit `limit` (0: a convolution gets its Kronecker factors).
+fn kfac_limited(fisher: FisherKind, inverse_period: usize, limit: usize) -> NaturalGradient {
     NaturalGradientConfig::new()
         .with_fisher(fisher)
         .with_curvature(CurvatureKind::Kfac {
@@ -166,6 +187,7 @@ fn kfac(fisher: FisherKind, inverse_period: usize) -> NaturalGradient {
             inverse_period,
         })
         .with_damping(DAMPING)
+        .with_kfac_block_limit(limit)
         .build()
 }
 
@@ -202,10 +224,10 @@ fn assert_direction<M: Module>(
 
 /// Step 1 inverts the batch's factors; step 2 inverts their moving average when the period is
 /// 1, and reuses step 1's inverses when it is 3.
-fn check<M: Net>(name: &str, model: M, device: &Device, fisher: FisherKind) {
+fn check<M: Net>(name: &str, model: M, device: &Device, fisher: FisherKind, limit: usize) {
     for period in [1, 3] {
-        let what = format!("{name} {fisher:?} period {period}");
-        let ng = kfac(fisher, period);
+        let what = format!("{name} {fisher:?} period {period} block limit {limit}");
+        let ng = kfac_limited(fisher, period, limit);
         let mut optim = ng.module_optimizer();
         let grads1 = model.grads(&ng, 11, device);
         let f1: Vec<HostFactors> = batch_factors(&model, &grads1);
@@ -222,13 +244,13 @@ fn check<M: Net>(name: &str, model: M, device: &Device, fisher: FisherKind) {
 fn kfac_matches_a_dense_kronecker_solve() {
     for (name, device) in backends() {
         for fisher in [FisherKind::Empirical, FisherKind::Sampled { samples: 2 }] {
-            check(
-                name,
-                Mlp::new(&[4, 6, 3], true, 21, &device),
-                &device,
-                fisher,
-            );
-            check(name, TokenNet::new(&device), &device, fisher);
+            let mlp = Mlp::new(&[4, 6, 3], true, 21, &device);
+            check(name, mlp, &device, fisher, 2048);
+            check(name, TokenNet::new(&device), &device, fisher, 2048);
+            // The convolution's exact block, then its Kronecker factors (KFC).
+            for limit in [2048, 0] {
+                check(name, conv_net(&device), &device, fisher, limit);
+            }
         }
     }
 }
