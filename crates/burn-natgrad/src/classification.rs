@@ -25,7 +25,8 @@ use crate::optimizer::NaturalGradient;
 /// the gradients with the per-example factors for [`NaturalGradient::step`].
 #[derive(Debug)]
 pub struct NaturalGradientOutput {
-    /// Mean cross-entropy on the data labels, `[1]` (not tracked by autodiff).
+    /// The data loss, `[1]` (not tracked by autodiff): mean cross-entropy on the data labels,
+    /// or the loss given to [`NaturalGradient::train_step_with_loss`].
     pub loss: Tensor<1>,
     /// Logits of the batch (the data copy), `[N, C]` (not tracked by autodiff).
     pub logits: Tensor<2>,
@@ -138,6 +139,56 @@ impl NaturalGradient {
         logits: Tensor<2>,
         targets: Tensor<1, Int>,
     ) -> Result<NaturalGradientOutput, NatGradError> {
+        self.classify(model, capture, logits, targets, None)
+    }
+
+    /// [`train_step`](Self::train_step) whose gradient comes from the model's own training
+    /// loss, `loss(logits, targets)` on the data rows (`[N, C]`, `[N]`), instead of plain
+    /// cross-entropy: label smoothing, class weights, any loss that is the batch mean of
+    /// per-example terms (`[1]`, as Burn's losses reduce; a loss that couples examples has no
+    /// per-example gradients). The sampled and exact Fisher stay the model's own (cross-entropy
+    /// at labels drawn from, or weighted by, its softmax); the empirical Fisher becomes that of
+    /// this loss, `E[∇ℓₙ ∇ℓₙᵀ]` of its per-example gradients. The output's `loss` is this loss.
+    ///
+    /// # Panics
+    /// As [`classification`](Self::classification), and when `loss` is not of shape `[1]`.
+    pub fn train_step_with_loss<M: Module, const D: usize>(
+        &self,
+        model: &M,
+        input: Tensor<D>,
+        targets: Tensor<1, Int>,
+        forward: impl FnOnce(Tensor<D>) -> Tensor<2>,
+        loss: impl FnOnce(Tensor<2>, Tensor<1, Int>) -> Tensor<1>,
+    ) -> NaturalGradientOutput {
+        let (capture, x) = self.capture(input);
+        let (capture, logits) = capture.scope(|| forward(x));
+        self.try_classification_with_loss(model, capture, logits, targets, loss)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`try_classification`](Self::try_classification) with the gradient of `loss` on the
+    /// data rows (see [`train_step_with_loss`](Self::train_step_with_loss)); also an error when
+    /// `loss` is not of shape `[1]`.
+    pub fn try_classification_with_loss<M: Module>(
+        &self,
+        model: &M,
+        capture: Capture,
+        logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+        loss: impl FnOnce(Tensor<2>, Tensor<1, Int>) -> Tensor<1>,
+    ) -> Result<NaturalGradientOutput, NatGradError> {
+        self.classify(model, capture, logits, targets, Some(Box::new(loss)))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn classify<M: Module>(
+        &self,
+        model: &M,
+        capture: Capture,
+        logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+        loss: Option<Box<dyn FnOnce(Tensor<2>, Tensor<1, Int>) -> Tensor<1> + '_>>,
+    ) -> Result<NaturalGradientOutput, NatGradError> {
         let kind = self.config.fisher;
         let [rows, classes] = logits.dims();
         let n = check_targets(rows, classes, &targets, |n| {
@@ -160,14 +211,37 @@ impl NaturalGradient {
                     .into(),
             ));
         }
+        let data_targets = loss.as_ref().map(|_| targets.clone());
         let labels = labels_for(kind, &logits, targets, m, self.config.seed);
         let per_row = cross_entropy_rows(logits.clone(), labels);
-        let data_loss = per_row.clone().slice(0..n).mean().inner();
         let weighted = match row_weights(kind, &logits, n, m) {
             Some(w) => per_row * w,
             None => per_row,
         };
-        let gradients = weighted.sum().div_scalar(n as f64).backward();
+        // The mean loss over the data rows, plus the Fisher rows' (the sampled or exact
+        // Fisher's copies) on the same 1/N scale.
+        let (data_loss, objective) = match (loss, data_targets) {
+            (Some(loss), Some(targets)) => {
+                let user = loss(logits.clone().slice(0..n), targets);
+                if user.dims() != [1] {
+                    return Err(NatGradError::InvalidInput(format!(
+                        "the training loss must be the batch mean, of shape [1]; got {:?}",
+                        user.dims()
+                    )));
+                }
+                let objective = if rows > n {
+                    user.clone() + weighted.slice(n..rows).sum().div_scalar(n as f64)
+                } else {
+                    user.clone()
+                };
+                (user.inner(), objective)
+            }
+            _ => (
+                weighted.clone().slice(0..n).mean().inner(),
+                weighted.sum().div_scalar(n as f64),
+            ),
+        };
+        let gradients = objective.backward();
         // KFAC keeps a large convolution's Kronecker factors (KFC); the Gram solve its rows.
         let kronecker = matches!(self.config.curvature, CurvatureKind::Kfac { .. })
             .then_some(self.config.kfac_block_limit);

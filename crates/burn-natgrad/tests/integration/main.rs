@@ -20,3 +20,4 @@ mod sampled_fisher;
 mod sampled_sharing;
 mod skips;
 mod solvers;
+mod user_loss;
