@@ -54,12 +54,11 @@ fn the_guide_cnn_trains_through_the_learner() {
     let data = MnistData::from_dir(&fixture())
         .unwrap()
         .limit_train(Some(256));
-    let mut model = GuideCnn::new(32, 0.1, true, 3, &device);
-    let ng = NaturalGradientConfig::new()
+    let model = GuideCnn::new(32, 0.1, true, 3, &device);
+    let (ng, optim) = NaturalGradientConfig::new()
         .with_damping(5.0)
         .with_uncovered(UncoveredPolicy::ScaledGradient { scale: 0.01 })
-        .build();
-    model.natgrad = Some(ng.clone());
+        .init();
     let train: Arc<dyn DataLoader<MnistBatch>> = DataLoaderBuilder::new(MnistBatcher)
         .batch_size(64)
         .set_device(device.clone())
@@ -71,7 +70,7 @@ fn the_guide_cnn_trains_through_the_learner() {
     let dir = std::env::temp_dir().join(format!("natgrad-cnn-learner-{}", std::process::id()));
     let _ = SupervisedTraining::new(&dir, train, valid)
         .num_epochs(1)
-        .launch(Learner::new(model, ng.module_optimizer(), 5.0));
+        .launch(Learner::new(model, optim, 5.0));
     let stats = ng.stats();
     assert_eq!((stats.steps, stats.skipped), (4, 0), "{stats:?}");
     let _ = std::fs::remove_dir_all(&dir);

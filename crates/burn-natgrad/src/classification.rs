@@ -52,7 +52,9 @@ impl NaturalGradient {
     /// A whole captured step of a softmax classifier whose layers are the drop-in layers of
     /// [`crate::nn`]: [`capture`](Self::capture) the input, run the model's own `forward`
     /// inside [`Capture::scope`], then [`classification`](Self::classification). This is the
-    /// body of `TrainStep::step`:
+    /// body of a hand-written loop's step, and of `TrainStep::step` for a model that keeps its
+    /// `NaturalGradient` in a field ([`classification_step`](crate::classification_step) needs
+    /// none):
     ///
     /// ```ignore
     /// fn step(&self, batch: MnistBatch) -> TrainOutput<ClassificationOutput> {
@@ -72,6 +74,7 @@ impl NaturalGradient {
         targets: Tensor<1, Int>,
         forward: impl FnOnce(Tensor<D>) -> Tensor<2>,
     ) -> NaturalGradientOutput {
+        crate::glue::captured_for(self);
         let (capture, x) = self.capture(input);
         let (capture, logits) = capture.scope(|| forward(x));
         self.classification(model, capture, logits, targets)
@@ -160,6 +163,7 @@ impl NaturalGradient {
         forward: impl FnOnce(Tensor<D>) -> Tensor<2>,
         loss: impl FnOnce(Tensor<2>, Tensor<1, Int>) -> Tensor<1>,
     ) -> NaturalGradientOutput {
+        crate::glue::captured_for(self);
         let (capture, x) = self.capture(input);
         let (capture, logits) = capture.scope(|| forward(x));
         self.try_classification_with_loss(model, capture, logits, targets, loss)

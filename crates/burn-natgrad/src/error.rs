@@ -42,6 +42,13 @@ pub enum NatGradError {
     /// [`NaturalGradient::step`](crate::NaturalGradient::step) was handed a `ModuleOptimizer`
     /// that is not its own (e.g. Adam's), which would apply its own rule to the directions.
     ForeignOptimizer,
+    /// [`classification_step`](crate::classification_step) found no live `NaturalGradient`
+    /// created on this thread.
+    NoNaturalGradient,
+    /// [`natural_gradient_optimize!`](crate::natural_gradient_optimize) stepped a
+    /// `NaturalGradient` other than the one [`classification_step`](crate::classification_step)
+    /// captured the batch for.
+    CapturedForAnother,
     /// The captured factors are inconsistent (mismatched example counts or shapes).
     InconsistentFactors(String),
     /// Input given to the capture or to the loss does not match what it expects.
@@ -95,6 +102,14 @@ impl fmt::Display for NatGradError {
                  its own (another optimizer, e.g. Adam, would apply its own rule to the \
                  natural-gradient directions); pass `natgrad.module_optimizer()` (or the \
                  `ModuleOptimizer` from `NaturalGradientConfig::init`). No weight was changed."
+            ),
+            NatGradError::NoNaturalGradient => write!(
+                f,
+                "natural gradient: `burn_natgrad::classification_step` found no NaturalGradient                  on this thread: create it with `NaturalGradientConfig::init` (or `build`) on the                  thread that trains, and keep it (or its ModuleOptimizer) alive while training"
+            ),
+            NatGradError::CapturedForAnother => write!(
+                f,
+                "natural gradient: the batch was captured for another NaturalGradient than the                  one the ModuleOptimizer belongs to (`classification_step` uses the one created                  last on this thread): with several alive, keep each in its model and call its                  own `train_step`, with `natural_gradient_optimize!(field)`. No weight was                  changed."
             ),
             NatGradError::InconsistentFactors(msg) => {
                 write!(f, "natural gradient: inconsistent per-example factors: {msg}")

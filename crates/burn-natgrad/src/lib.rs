@@ -19,7 +19,9 @@
 //!   approximation of it built from the same factors ([`CurvatureKind`]), with a fixed or a
 //!   Levenberg–Marquardt-adapted damping ([`AdaptiveDampingConfig`]);
 //! * applies a KL trust region, momentum and weight decay, and plugs into Burn's
-//!   `ModuleOptimizer`, `Learner` and checkpoints ([`NaturalGradient`]).
+//!   `ModuleOptimizer`, `Learner` and checkpoints ([`NaturalGradient`]): a model of drop-in
+//!   layers ([`nn`]) needs one line in `TrainStep::step` ([`classification_step`]) and one for
+//!   `optimize` ([`natural_gradient_optimize!`]).
 //!
 //! The modules are described, with a picture, in `docs/architecture.md`.
 
@@ -55,7 +57,7 @@ pub use error::NatGradError;
 pub use fisher::FisherKind;
 #[doc(hidden)]
 pub use glue::__private;
-pub use glue::NaturalGradientField;
+pub use glue::{classification_step, NaturalGradientField};
 pub use kfac::{KfacState, NaturalGradientState};
 pub use optimizer::{NaturalGradient, StepStats};
 pub use per_example::per_example_classification;

@@ -23,16 +23,16 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
-use burn::module::{Module, Param, ParamId};
+use burn::module::{Module, ParamId};
 use burn::optim::{GradientsParams, ModuleOptimizer, Sgd};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 
 use crate::config::{CurvatureKind, NaturalGradientConfig};
 use crate::damping::LastStep;
 use crate::error::NatGradError;
 use crate::kfac::state::{zero_grads, ParamOrder};
 use crate::kfac::KfacState;
-use crate::per_tensor::{PROBE, READ};
+use crate::per_tensor::{probe, READ};
 use crate::precondition::Preconditioned;
 
 /// Counters of the coupled step, shared by all clones of one [`NaturalGradient`].
@@ -71,7 +71,7 @@ pub struct StepStats {
 pub struct NaturalGradient {
     pub(crate) config: NaturalGradientConfig,
     pub(crate) sgd: Sgd,
-    shared: Arc<Mutex<Shared>>,
+    pub(crate) shared: Arc<Mutex<Shared>>,
 }
 
 /// State shared by the clones of one [`NaturalGradient`]: the counters, how many
@@ -101,19 +101,15 @@ impl core::fmt::Debug for NaturalGradient {
     }
 }
 
-/// A one-parameter module for [`NaturalGradient::owns`].
-#[derive(Module, Debug)]
-struct OwnershipProbe {
-    value: Param<Tensor<1>>,
-}
-
 impl NaturalGradient {
     pub(crate) fn new(config: NaturalGradientConfig, sgd: Sgd) -> Self {
-        Self {
+        let ng = Self {
             config,
             sgd,
             shared: Arc::new(Mutex::new(Shared::default())),
-        }
+        };
+        crate::glue::register(&ng);
+        ng
     }
 
     /// The configuration it was built from.
@@ -155,23 +151,7 @@ impl NaturalGradient {
     /// its own rule to the natural-gradient directions. `device` is the model's (an autodiff
     /// device when training).
     pub fn owns(&self, optim: &ModuleOptimizer, device: &Device) -> bool {
-        let probe = OwnershipProbe {
-            value: Param::from_tensor(Tensor::zeros([1], device)),
-        };
-        let mut grads = GradientsParams::new();
-        grads.register(probe.value.id, Tensor::<1>::zeros([1], device));
-        /// Clears the probe even if the optimizer under test panics, so that this thread's
-        /// per-tensor steps do not stay no-ops.
-        struct Clear;
-        impl Drop for Clear {
-            fn drop(&mut self) {
-                PROBE.with(|p| p.set(None));
-            }
-        }
-        PROBE.with(|p| p.set(Some((self.address(), false))));
-        let _clear = Clear;
-        let _ = optim.clone().step(0.0, probe, grads);
-        PROBE.with(|p| p.get()).is_some_and(|(_, reached)| reached)
+        probe(optim, device, self.address())
     }
 
     /// With [`CurvatureKind::Kfac`] or adaptive damping: reads the KFAC state and the damping

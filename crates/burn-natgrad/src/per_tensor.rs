@@ -1,10 +1,12 @@
 //! The per-tensor part of [`NaturalGradient`], the Burn [`Optimizer`] that Burn's
 //! `ModuleOptimizer` wraps: it applies weight decay, momentum and the learning rate to the
 //! preconditioned directions as Burn's SGD does, refuses raw gradients, and keeps each
-//! parameter's state for the record ([`NaturalGradientState`]); and the two thread-local modes
-//! in which it only looks: the ownership probe and the reading of recorded KFAC states.
+//! parameter's state for the record ([`NaturalGradientState`]); and the thread-local modes in
+//! which it only looks: the ownership probe (which also finds the `NaturalGradient` a
+//! `ModuleOptimizer` belongs to) and the reading of recorded KFAC states.
 
-use burn::optim::{LearningRate, Optimizer, SgdState};
+use burn::module::{Module, Param};
+use burn::optim::{GradientsParams, LearningRate, ModuleOptimizer, Optimizer, SgdState};
 use burn::tensor::{Device, Tensor};
 
 use crate::error::NatGradError;
@@ -22,6 +24,48 @@ thread_local! {
     /// in order.
     pub(crate) static READ: std::cell::RefCell<Option<(usize, Vec<Recorded>)>> =
         const { std::cell::RefCell::new(None) };
+    /// The `NaturalGradient` whose per-tensor part a probe with address [`FIND`] reached.
+    static FOUND: std::cell::RefCell<Option<NaturalGradient>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The probe address that asks whichever `NaturalGradient` is reached to hand itself over.
+const FIND: usize = usize::MAX;
+
+/// A one-parameter module for the probes.
+#[derive(Module, Debug)]
+struct OwnershipProbe {
+    value: Param<Tensor<1>>,
+}
+
+/// Steps a copy of `optim` on a one-element module (on `device`) with the probe set to
+/// `address`: whether the per-tensor part of the `NaturalGradient` at `address` (any, for
+/// [`FIND`]) was reached. Nothing is changed.
+pub(crate) fn probe(optim: &ModuleOptimizer, device: &Device, address: usize) -> bool {
+    let probe = OwnershipProbe {
+        value: Param::from_tensor(Tensor::zeros([1], device)),
+    };
+    let mut grads = GradientsParams::new();
+    grads.register(probe.value.id, Tensor::<1>::zeros([1], device));
+    /// Clears the probe even if the optimizer under test panics, so that this thread's
+    /// per-tensor steps do not stay no-ops.
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            PROBE.with(|p| p.set(None));
+        }
+    }
+    PROBE.with(|p| p.set(Some((address, false))));
+    let _clear = Clear;
+    let _ = optim.clone().step(0.0, probe, grads);
+    PROBE.with(|p| p.get()).is_some_and(|(_, reached)| reached)
+}
+
+/// The `NaturalGradient` whose per-tensor part `optim` applies, if any (see
+/// [`NaturalGradient::find`]).
+pub(crate) fn find(optim: &ModuleOptimizer, device: &Device) -> Option<NaturalGradient> {
+    let reached = probe(optim, device, FIND);
+    FOUND.with(|f| f.borrow_mut().take()).filter(|_| reached)
 }
 
 /// What a parameter's recorded state holds for the shared state: its KFAC state and the damping.
@@ -48,8 +92,11 @@ impl Optimizer for NaturalGradient {
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
         if let Some((address, _)) = PROBE.with(|p| p.get()) {
-            if address == self.address() {
+            if address == self.address() || address == FIND {
                 PROBE.with(|p| p.set(Some((address, true))));
+            }
+            if address == FIND {
+                FOUND.with(|f| *f.borrow_mut() = Some(self.clone()));
             }
             return (tensor, state);
         }

@@ -1,6 +1,6 @@
 //! Burn's guide model (`examples/guide` in the Burn repository: two Conv2d, Dropout, two
-//! Linear), switched to the natural gradient by changing the layer types and adding the
-//! `TrainStep` glue, with an optional BatchNorm after the first convolution. The forward pass
+//! Linear), switched to the natural gradient by changing the layer types and the `TrainStep`
+//! body, one line each for `step` and `optimize`, with an optional BatchNorm after the first convolution. The forward pass
 //! is the guide's own, and the record is Burn's. README shows the part between the markers.
 
 // README:begin
@@ -11,7 +11,6 @@ use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, LinearConfig,
 use burn::tensor::{Device, Tensor};
 use burn::train::{ClassificationOutput, TrainOutput, TrainStep};
 use burn_natgrad::nn::{Conv2d, Linear}; // instead of burn::nn's
-use burn_natgrad::NaturalGradient;
 
 use crate::data::{MnistBatch, SIDE};
 
@@ -26,9 +25,6 @@ pub struct GuideCnn {
     linear1: Linear,
     linear2: Linear,
     activation: Relu,
-    /// The natural gradient, for `TrainStep` (not saved with the weights).
-    #[module(skip)]
-    pub natgrad: Option<NaturalGradient>,
 }
 
 impl GuideCnn {
@@ -45,7 +41,6 @@ impl GuideCnn {
             linear1: LinearConfig::new(16 * 8 * 8, hidden).init(device).into(),
             linear2: LinearConfig::new(hidden, 10).init(device).into(),
             activation: Relu::new(),
-            natgrad: None,
         }
     }
 
@@ -75,13 +70,10 @@ impl TrainStep for GuideCnn {
     type Output = ClassificationOutput;
 
     fn step(&self, batch: MnistBatch) -> TrainOutput<ClassificationOutput> {
-        let ng = self.natgrad.as_ref().expect("a NaturalGradient");
-        let targets = batch.targets.clone();
-        ng.train_step(self, batch.images, batch.targets, |x| self.forward(x))
-            .into_train_output(targets)
+        burn_natgrad::classification_step(self, batch.images, batch.targets, |x| self.forward(x))
     }
 
-    burn_natgrad::natural_gradient_optimize!(natgrad);
+    burn_natgrad::natural_gradient_optimize!();
 }
 // README:end
 

@@ -1,14 +1,17 @@
 //! The drop-in layers on Burn's guide model (two Conv2d, BatchNorm, Dropout, two Linear): a
 //! model switched to them keeps its record, its forward pass is unchanged, `train_step` records
 //! every layer through the model's own forward pass, and it trains with the BatchNorm moved by
-//! the damped gradient.
+//! the damped gradient; its `TrainStep` is one line for `step` and one for `optimize`, with no
+//! field in the model, and that glue refuses what it cannot do right.
 
 use crate::common::*;
 use burn::module::Module;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, LinearConfig, Relu};
-use burn::tensor::{Device, Tensor};
+use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::{Device, Int, Tensor};
+use burn::train::{ClassificationOutput, TrainOutput, TrainStep};
 use burn_natgrad::testing::Factors;
 use burn_natgrad::{nn, Capture, NaturalGradientConfig, UncoveredPolicy};
 
@@ -206,5 +209,172 @@ impl Guide {
             linear2: m.linear2.into(),
             activation: m.activation,
         }
+    }
+}
+
+/// A batch for the guide's `TrainStep`.
+#[derive(Clone, Debug)]
+struct Batch {
+    images: Tensor<3>,
+    targets: Tensor<1, Int>,
+}
+
+/// README's way: no field in the model, one line for each method.
+impl TrainStep for Guide {
+    type Input = Batch;
+    type Output = ClassificationOutput;
+
+    fn step(&self, batch: Batch) -> TrainOutput<ClassificationOutput> {
+        burn_natgrad::classification_step(self, batch.images, batch.targets, |x| self.forward(x))
+    }
+
+    burn_natgrad::natural_gradient_optimize!();
+}
+
+fn guide_batch(device: &Device) -> Batch {
+    Batch {
+        images: tensor(6, [8, 10, 10], 1.0, device),
+        targets: labels(7, 8, 3, device),
+    }
+}
+
+fn guide_config() -> NaturalGradientConfig {
+    NaturalGradientConfig::new()
+        .with_damping(1.0)
+        .with_uncovered(UncoveredPolicy::DampedGradient)
+}
+
+/// The parameters of a guide model, in module order (host).
+fn weights(model: &Guide) -> Vec<f64> {
+    struct Collect<'a>(&'a mut Vec<f64>);
+    impl burn::module::ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            self.0.extend(host(param.val()));
+        }
+    }
+    let mut out = Vec::new();
+    model.visit(&mut Collect(&mut out));
+    out
+}
+
+/// `TrainStep::step` and `optimize` without a field find the natural gradient (the one created
+/// last on this thread; the one the `ModuleOptimizer` belongs to) and take the same step as the
+/// explicit calls.
+#[test]
+fn the_train_step_glue_finds_its_natural_gradient() {
+    let _rng = rng_lock();
+    for (name, device) in backends() {
+        let model = Guide::from_burn(burn_guide(0.0, &device));
+        let batch = guide_batch(&device);
+        let (explicit, mut explicit_optim) = guide_config().init();
+        let out = explicit.train_step(&model, batch.images.clone(), batch.targets.clone(), |x| {
+            model.forward(x)
+        });
+        let expected = explicit.step(&mut explicit_optim, 0.5, model.clone(), out.grads);
+
+        let (ng, mut optim) = guide_config().init();
+        let output = model.step(batch);
+        let stepped = model.clone().optimize(&mut optim, 0.5.into(), output.grads);
+        let err = rel_err(&weights(&stepped), &weights(&expected));
+        assert!(err <= 1e-6, "{name}: the glue's step differs ({err:e})");
+        assert!(
+            rel_err(&weights(&stepped), &weights(&model)) > 1e-4,
+            "{name}: nothing moved"
+        );
+        assert_eq!(ng.stats().steps, 1, "{name}");
+        assert_eq!(explicit.stats().steps, 1, "{name}");
+    }
+}
+
+/// The glue refuses, before any weight moves: a batch captured for another natural gradient
+/// than the `ModuleOptimizer`'s; natural-gradient factors handed to Burn's own optimizer; and a
+/// step with no natural gradient alive on the thread. With Burn's optimizer and plain
+/// gradients it is Burn's step.
+#[test]
+fn the_train_step_glue_refuses_what_it_cannot_do() {
+    let _rng = rng_lock();
+    for (name, device) in backends() {
+        let model = Guide::from_burn(burn_guide(0.0, &device));
+        let (first, mut first_optim) = guide_config().init();
+        let (second, _second_optim) = guide_config().init();
+        let output = model.step(guide_batch(&device));
+        let msg = panic_message(|| {
+            let _ = model
+                .clone()
+                .optimize(&mut first_optim, 0.5.into(), output.grads);
+        });
+        assert!(msg.contains("another NaturalGradient"), "{name}: {msg}");
+        assert_eq!(
+            (first.stats().steps, second.stats().steps),
+            (0, 0),
+            "{name}"
+        );
+
+        let output = model.step(guide_batch(&device));
+        let mut sgd: ModuleOptimizer = SgdConfig::new().init();
+        let msg = panic_message(|| {
+            let _ = model.clone().optimize(&mut sgd, 0.5.into(), output.grads);
+        });
+        assert!(msg.contains("not its own"), "{name}: {msg}");
+
+        // Burn's optimizer on plain gradients: Burn's step.
+        let batch = guide_batch(&device);
+        let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(model.forward(batch.images), batch.targets);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let stepped = model.clone().optimize(&mut sgd, 0.5.into(), grads);
+        assert!(
+            rel_err(&weights(&stepped), &weights(&model)) > 1e-4,
+            "{name}: SGD did not step"
+        );
+
+        drop((first, first_optim, second, _second_optim));
+        let msg = panic_message(|| {
+            let _ = model.step(guide_batch(&device));
+        });
+        assert!(msg.contains("found no NaturalGradient"), "{name}: {msg}");
+    }
+}
+
+/// The guide model keeping its natural gradient in a field, for several on one thread.
+#[derive(Module, Debug)]
+struct Fielded {
+    guide: Guide,
+    #[module(skip)]
+    natgrad: Option<burn_natgrad::NaturalGradient>,
+}
+
+impl TrainStep for Fielded {
+    type Input = Batch;
+    type Output = ClassificationOutput;
+
+    fn step(&self, batch: Batch) -> TrainOutput<ClassificationOutput> {
+        let ng = self.natgrad.as_ref().expect("a NaturalGradient");
+        let targets = batch.targets.clone();
+        ng.train_step(self, batch.images, batch.targets, |x| self.guide.forward(x))
+            .into_train_output(targets)
+    }
+
+    burn_natgrad::natural_gradient_optimize!(natgrad);
+}
+
+/// With the field form, the model's own natural gradient steps even when another was created
+/// after it on this thread.
+#[test]
+fn the_field_form_steps_the_models_own_natural_gradient() {
+    let _rng = rng_lock();
+    for (name, device) in backends() {
+        let (own, mut optim) = guide_config().init();
+        let (later, _later_optim) = guide_config().init();
+        let model = Fielded {
+            guide: Guide::from_burn(burn_guide(0.0, &device)),
+            natgrad: Some(own.clone()),
+        };
+        let output = model.step(guide_batch(&device));
+        let stepped = model.clone().optimize(&mut optim, 0.5.into(), output.grads);
+        assert_eq!((own.stats().steps, later.stats().steps), (1, 0), "{name}");
+        let moved = rel_err(&weights(&stepped.guide), &weights(&model.guide));
+        assert!(moved > 1e-4, "{name}: nothing moved");
     }
 }
