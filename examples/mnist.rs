@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::optim::momentum::MomentumConfig;
-use burn_natgrad::{AdaptiveDampingConfig, FisherKind, NaturalGradientConfig, SolverKind};
+use burn_natgrad::{AdaptiveDampingConfig, NaturalGradientConfig, SolverKind};
 use clap::{Parser, ValueEnum};
 use natgrad_mnist::{
     plot, results_csv, results_table, run, seeds_csv, seeds_table, OptimizerSpec, RunOptions,
@@ -20,15 +20,9 @@ use natgrad_mnist::{
 
 #[path = "shared/cli.rs"]
 mod cli;
-use cli::{checked_data, chosen_specs, device, Checks, Common, CurvatureArgs, Opt};
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-enum Fisher {
-    Empirical,
-    Sampled,
-    /// The exact Fisher of the softmax (one √p-weighted row per class and example).
-    Exact,
-}
+use cli::{
+    checked_data, chosen_specs, device, Checks, Common, CurvatureArgs, Fisher, FisherArgs, Opt,
+};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Solver {
@@ -48,12 +42,8 @@ struct Args {
     /// Optimizers to run, one after another on the same data order and seed (repeatable).
     #[arg(long = "optimizer", value_enum, default_values_t = [Opt::All])]
     optimizers: Vec<Opt>,
-    /// Fisher of the natural gradient.
-    #[arg(long, value_enum, default_value_t = Fisher::Empirical)]
-    fisher: Fisher,
-    /// Labels sampled per example for `--fisher sampled`.
-    #[arg(long, default_value_t = 1)]
-    samples: usize,
+    #[command(flatten)]
+    fisher: FisherArgs,
     /// Estimate the natural gradient's Fisher on the first N examples of each batch (a
     /// curvature batch; the gradient still uses the whole batch) [default: the whole batch].
     #[arg(long)]
@@ -133,7 +123,7 @@ const KFAC_GRID: [(f64, f64, f64); 5] = [
 /// won `--sweep`; the sampled Gram needs a trust region (see README); KFAC's won its `--sweep`
 /// for both Fishers.
 fn ngd_defaults(args: &Args) -> (f64, f64, f64, f64) {
-    match (args.curvature.kfac(), args.fisher) {
+    match (args.curvature.kfac(), args.fisher.fisher) {
         (true, Fisher::Empirical) => (0.1, 0.03, 0.0, 0.0),
         (true, Fisher::Sampled | Fisher::Exact) => (0.2, 0.05, 0.0, 0.0),
         (false, Fisher::Empirical) => (5.0, 5.0, 0.7, 0.0),
@@ -150,13 +140,7 @@ fn ngd_config(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpe
     let mut config = args
         .curvature
         .configure(NaturalGradientConfig::new())
-        .with_fisher(match args.fisher {
-            Fisher::Empirical => FisherKind::Empirical,
-            Fisher::Sampled => FisherKind::Sampled {
-                samples: args.samples,
-            },
-            Fisher::Exact => FisherKind::Exact { classes: 10 },
-        })
+        .with_fisher(args.fisher.kind())
         .with_solver(match args.solver {
             Solver::Gram => SolverKind::Gram,
             Solver::CgSample => SolverKind::CgSample,
@@ -190,6 +174,27 @@ fn ngd_spec(args: &Args) -> OptimizerSpec {
     )
 }
 
+/// The weight average evaluated for `spec` instead of the last iterate: `--average` for every
+/// optimizer (0: the last iterate); by default each configuration's decay from the grid {0.9,
+/// 0.99, 0.998}, picked by the five-seed mean after epoch 1, ties by epoch 2
+/// (`docs/averaging.md`): 0.9 for SGD and the Gram solve with the sampled or exact Fisher, 0.99
+/// for Adam, the empirical Gram solve and KFAC. `--sweep` evaluates the last iterate unless
+/// `--average` is given (the learning-rate grids were tuned so).
+fn average_for(args: &Args, spec: &OptimizerSpec) -> Option<f64> {
+    match args.common.average {
+        Some(decay) => (decay > 0.0).then_some(decay),
+        None if args.sweep => None,
+        None => Some(match spec {
+            OptimizerSpec::Sgd { .. } => 0.9,
+            OptimizerSpec::Adam { .. } => 0.99,
+            OptimizerSpec::Ngd { .. } => match (args.curvature.kfac(), args.fisher.fisher) {
+                (false, Fisher::Sampled | Fisher::Exact) => 0.9,
+                _ => 0.99,
+            },
+        }),
+    }
+}
+
 /// Every numeric option, the natural gradient's configuration and the output folder, before
 /// anything is loaded.
 fn check(args: &Args) -> Result<(), String> {
@@ -197,7 +202,6 @@ fn check(args: &Args) -> Result<(), String> {
     checks
         .at_least_one("batch-size", args.batch_size)
         .at_least_one("hidden", args.hidden)
-        .at_least_one("samples", args.samples)
         .at_least_one("seeds", args.seeds)
         .positive("sgd-lr", args.sgd_lr)
         .positive("adam-lr", args.adam_lr);
@@ -205,6 +209,7 @@ fn check(args: &Args) -> Result<(), String> {
         checks.at_least_one("curvature-batch", m);
     }
     args.curvature.check(&mut checks);
+    args.fisher.check(&mut checks);
     if let Some(lr) = args.lr {
         checks.positive("lr", lr);
     }
@@ -238,6 +243,7 @@ fn main() -> ExitCode {
         device: device(args.common.backend),
         progress_bar: std::io::stdout().is_terminal(),
         quiet: false,
+        average: None,
     };
     // Five natural-gradient configurations, as many as SGD's grid: (lr, damping, momentum).
     let grid = if args.curvature.kfac() {
@@ -278,6 +284,10 @@ fn main() -> ExitCode {
                 options.seed
             );
             let dir = args.out.join("runs").join(format!("{i}-{}", spec.name()));
+            let options = RunOptions {
+                average: average_for(&args, spec),
+                ..options.clone()
+            };
             let result = run(spec, &data, &options, &dir);
             let accs: Vec<String> = result
                 .epochs
@@ -362,7 +372,7 @@ fn main() -> ExitCode {
             {
                 println!(
                     "best {name}: {} ({:.2}% after epoch 1)",
-                    best.spec.describe(),
+                    best.describe(),
                     100.0 * best.epochs[0].test_accuracy
                 );
             }

@@ -18,7 +18,7 @@ use natgrad_mnist::{plot, results_csv, results_table, train_cnn, LoopOptions, Op
 
 #[path = "shared/cli.rs"]
 mod cli;
-use cli::{checked_data, chosen_specs, device, Checks, Common, CurvatureArgs, Opt};
+use cli::{checked_data, chosen_specs, device, Checks, Common, CurvatureArgs, FisherArgs, Opt};
 
 /// Natural gradient vs SGD vs Adam on MNIST (Burn's guide CNN), in a hand-written loop.
 #[derive(Parser, Debug)]
@@ -43,6 +43,8 @@ struct Args {
     /// Estimate the natural gradient's Fisher on the first N examples of each batch.
     #[arg(long)]
     curvature_batch: Option<usize>,
+    #[command(flatten)]
+    fisher: FisherArgs,
     #[command(flatten)]
     curvature: CurvatureArgs,
     /// Adapt the natural gradient's damping every N steps (Levenberg–Marquardt, from --damping,
@@ -117,6 +119,7 @@ fn ngd(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpec {
     let mut config = args
         .curvature
         .configure(NaturalGradientConfig::new())
+        .with_fisher(args.fisher.kind())
         .with_damping(damping)
         .with_adaptive_damping(
             (args.adaptive_damping > 0)
@@ -161,6 +164,7 @@ fn check(args: &Args) -> Result<(), String> {
         checks.at_least_one("curvature-batch", m);
     }
     args.curvature.check(&mut checks);
+    args.fisher.check(&mut checks);
     if let OptimizerSpec::Ngd { config, .. } = ngd(args, lr, damping, args.momentum) {
         checks.config(&config);
     }
@@ -198,6 +202,8 @@ fn main() -> ExitCode {
         evals_per_epoch: args.evals_per_epoch,
         device: device(args.common.backend),
         verbose: true,
+        // The CNN's weight average is not tuned yet: the last iterate unless asked.
+        average: args.common.average.filter(|a| *a > 0.0),
     };
     println!(
         "MNIST: {} train / {} test examples, Burn's guide CNN (hidden {}, dropout {}), batch {}, \
@@ -227,7 +233,7 @@ fn main() -> ExitCode {
             let line = format!(
                 "{},{},{s:.3},{step},{acc:.4}\n",
                 r.spec.name(),
-                r.spec.describe()
+                r.describe()
             );
             evals.push_str(&line);
         }

@@ -79,6 +79,8 @@ fn bad_values_of_the_mlp_example_are_refused() {
             vec!["--curvature", "kfac", "--solver", "cg-sample"],
             "does not apply to KFAC",
         ),
+        (vec!["--average", "1"], "--average must lie in [0, 1)"),
+        (vec!["--samples", "0"], "--samples must be at least 1"),
     ] {
         let mut all = vec!["--out", out];
         all.extend(args);
@@ -124,6 +126,11 @@ fn bad_values_of_the_cnn_example_are_refused() {
         (
             vec!["--kfac-decay", "-0.5"],
             "--kfac-decay must lie in [0, 1)",
+        ),
+        (vec!["--average", "-0.1"], "--average must lie in [0, 1)"),
+        (
+            vec!["--fisher", "sampled", "--samples", "0"],
+            "--samples must be at least 1",
         ),
     ] {
         let mut all = vec!["--out", out];

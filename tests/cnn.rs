@@ -92,6 +92,7 @@ fn the_hand_written_loop_evaluates_against_the_wall_clock() {
         evals_per_epoch: 2,
         device: device(),
         verbose: false,
+        average: None,
     };
     let spec = OptimizerSpec::Ngd {
         config: NaturalGradientConfig::new().with_damping(5.0),
@@ -106,4 +107,20 @@ fn the_hand_written_loop_evaluates_against_the_wall_clock() {
     println!("evaluations: {:?}", result.evals);
     // Eight steps from a seeded start: well above chance (10%).
     assert!(result.evals[1].2 > 0.2, "accuracy {:?}", result.evals);
+    // Iterate averaging changes what is evaluated, not how it trains.
+    let averaged = LoopOptions {
+        average: Some(0.9),
+        ..options
+    };
+    let a = train_cnn(&spec, &data, &averaged);
+    assert_eq!(
+        a.step_losses, result.step_losses,
+        "the average moved the training"
+    );
+    let accuracies = |r: &natgrad_mnist::RunResult| r.evals.iter().map(|e| e.2).collect::<Vec<_>>();
+    assert_ne!(
+        accuracies(&a),
+        accuracies(&result),
+        "the averaged weights were not evaluated"
+    );
 }

@@ -31,6 +31,7 @@ fn options() -> RunOptions {
         device: device(),
         progress_bar: false,
         quiet: true,
+        average: None,
     }
 }
 
@@ -87,6 +88,28 @@ fn every_optimizer_trains_on_the_fixture_and_outputs_are_written() {
         );
         assert!(r.median_step_ms > 0.0);
         assert_eq!(r.skipped_steps, 0);
+        if matches!(spec, OptimizerSpec::Sgd { .. }) {
+            // Iterate averaging changes what is evaluated, not how it trains.
+            let averaged = RunOptions {
+                average: Some(0.9),
+                ..options.clone()
+            };
+            let a = run(
+                spec,
+                &data,
+                &averaged,
+                &out.join(format!("run-{i}-average")),
+            );
+            assert_eq!(
+                a.step_losses, r.step_losses,
+                "the average moved the training"
+            );
+            let (with, without) = (a.epochs[0].test_loss, r.epochs[0].test_loss);
+            assert!(
+                with.is_finite() && (with - without).abs() > 1e-6,
+                "the averaged weights were not evaluated: test loss {with} vs {without}"
+            );
+        }
         results.push(r);
     }
     let csv = results_csv(&results);

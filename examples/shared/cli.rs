@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::Device;
-use burn_natgrad::{CurvatureKind, NaturalGradientConfig};
+use burn_natgrad::{CurvatureKind, FisherKind, NaturalGradientConfig};
 use clap::ValueEnum;
 use natgrad_mnist::{MnistData, OptimizerSpec};
 
@@ -69,6 +69,43 @@ pub const SGD_GRID: [f64; 5] = [0.03, 0.1, 0.3, 0.5, 1.0];
 /// Adam's learning-rate grid for `--sweep`, fixed in advance (3e-4 to 3e-3 until the MLP's
 /// best sat at its edge; widened to five values, as many as SGD's).
 pub const ADAM_GRID: [f64; 5] = [3e-4, 1e-3, 3e-3, 5e-3, 1e-2];
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Fisher {
+    Empirical,
+    Sampled,
+    /// The exact Fisher of the softmax (one √p-weighted row per class and example).
+    Exact,
+}
+
+/// Which Fisher the natural gradient preconditions with.
+#[derive(clap::Args, Debug)]
+pub struct FisherArgs {
+    /// Fisher of the natural gradient.
+    #[arg(long, value_enum, default_value_t = Fisher::Empirical)]
+    pub fisher: Fisher,
+    /// Labels sampled per example for `--fisher sampled`.
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+}
+
+impl FisherArgs {
+    /// The library's value (MNIST's ten classes for the exact Fisher).
+    pub fn kind(&self) -> FisherKind {
+        match self.fisher {
+            Fisher::Empirical => FisherKind::Empirical,
+            Fisher::Sampled => FisherKind::Sampled {
+                samples: self.samples,
+            },
+            Fisher::Exact => FisherKind::Exact { classes: 10 },
+        }
+    }
+
+    /// Checks its values.
+    pub fn check(&self, checks: &mut Checks) {
+        checks.at_least_one("samples", self.samples);
+    }
+}
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Curvature {
@@ -149,6 +186,12 @@ pub struct Common {
     /// Seed of the initial weights and the data order.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Evaluate an exponential moving average of the weights with this decay, in [0, 1),
+    /// instead of the last iterate, for every optimizer; 0: the last iterate [default: the MLP
+    /// example's decay tuned per configuration (0.9 or 0.99, see docs/averaging.md); the CNN
+    /// example's last iterate].
+    #[arg(long)]
+    pub average: Option<f64>,
 }
 
 fn default_backend() -> Backend {
@@ -260,6 +303,9 @@ impl Checks {
     /// missing). The error lists every problem, one per line.
     pub fn finish(&mut self, common: &Common, out: &std::path::Path) -> Result<(), String> {
         self.at_least_one("epochs", common.epochs);
+        if let Some(decay) = common.average {
+            self.fraction("average", decay);
+        }
         if let Some(limit) = common.limit {
             self.at_least_one("limit", limit);
         }

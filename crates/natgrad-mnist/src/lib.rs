@@ -4,6 +4,7 @@
 //! `[0, 1]`, trained by the natural gradient, SGD and Adam through Burn's Learner; and Burn's
 //! guide CNN ([`GuideCnn`]) in a hand-written loop ([`train_cnn`]).
 
+pub mod average;
 pub mod cnn;
 pub mod data;
 pub mod model;
@@ -13,6 +14,7 @@ pub mod run;
 pub mod seeds;
 pub mod train_loop;
 
+pub use average::WeightAverage;
 pub use cnn::GuideCnn;
 pub use data::{DataError, MnistBatch, MnistBatcher, MnistData};
 pub use model::{Mlp, Recorder};

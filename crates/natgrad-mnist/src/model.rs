@@ -14,6 +14,7 @@ use burn::tensor::{Device, Int, Tensor};
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use burn_natgrad::{Capture, NaturalGradient};
 
+use crate::average::WeightAverage;
 use crate::data::{MnistBatch, PIXELS};
 
 /// Per-step train loss and wall time, and per-epoch test accuracy, shared by the model's clones.
@@ -89,6 +90,10 @@ pub struct Mlp {
     /// Where steps are recorded.
     #[module(skip)]
     pub recorder: Option<Recorder>,
+    /// A moving average of the weights, updated after every step and evaluated instead of the
+    /// last iterate.
+    #[module(skip)]
+    pub average: Option<WeightAverage>,
 }
 
 impl Mlp {
@@ -100,6 +105,7 @@ impl Mlp {
             fc2: LinearConfig::new(hidden, 10).init(device),
             natgrad: None,
             recorder: None,
+            average: None,
         }
     }
 
@@ -197,6 +203,9 @@ impl TrainStep for Mlp {
         if let Some(r) = recorder {
             r.end_step();
         }
+        if let Some(a) = &model.average {
+            a.update(&model);
+        }
         model
     }
 }
@@ -206,7 +215,10 @@ impl InferenceStep for Mlp {
     type Output = ClassificationOutput;
 
     fn step(&self, batch: MnistBatch) -> ClassificationOutput {
-        let logits = self.forward(batch.images);
+        let logits = match &self.average {
+            Some(a) => a.apply(self.clone()).forward(batch.images),
+            None => self.forward(batch.images),
+        };
         let loss = CrossEntropyLossConfig::new()
             .init(&logits.device())
             .forward(logits.clone(), batch.targets.clone());

@@ -128,6 +128,9 @@ pub struct RunOptions {
     pub progress_bar: bool,
     /// Print progress at all.
     pub quiet: bool,
+    /// Evaluate a moving average of the weights with this decay instead of the last iterate
+    /// ([`WeightAverage`](crate::WeightAverage), updated after every step).
+    pub average: Option<f64>,
 }
 
 /// The outcome of one epoch.
@@ -161,6 +164,18 @@ pub struct RunResult {
     /// Test evaluations during training, `(train seconds, step, accuracy)` (the hand-written
     /// loop's; empty for the Learner's runs, which evaluate once per epoch).
     pub evals: Vec<(f64, usize, f64)>,
+    /// The decay of the weight average that was evaluated instead of the last iterate, if any.
+    pub average: Option<f64>,
+}
+
+impl RunResult {
+    /// The hyper-parameters, and the weight average evaluated, if any.
+    pub fn describe(&self) -> String {
+        match self.average {
+            Some(decay) => format!("{}, weight average {decay}", self.spec.describe()),
+            None => self.spec.describe(),
+        }
+    }
 }
 
 /// The median of `values` (NaN when empty).
@@ -185,6 +200,7 @@ pub fn run(spec: &OptimizerSpec, data: &MnistData, options: &RunOptions, dir: &P
     let recorder = Recorder::new(steps_per_epoch);
     let mut model = Mlp::new(options.hidden, options.seed, device);
     model.recorder = Some(recorder.clone());
+    model.average = options.average.map(crate::WeightAverage::new);
     let optim: ModuleOptimizer = match spec {
         OptimizerSpec::Ngd { config, .. } => {
             let ng = config.build();
@@ -248,6 +264,7 @@ pub fn run(spec: &OptimizerSpec, data: &MnistData, options: &RunOptions, dir: &P
             skipped_steps: natgrad.as_ref().map_or(0, |ng| ng.stats().skipped),
             final_damping: natgrad.as_ref().map(|ng| ng.damping()),
             evals: Vec::new(),
+            average: options.average,
         }
     })
 }
@@ -315,7 +332,7 @@ pub fn results_table(results: &[RunResult]) -> String {
         &["final train loss", "median step (ms)", "step / SGD step"],
     );
     for r in results {
-        let _ = write!(out, "| {} | {} |", r.spec.name(), r.spec.describe());
+        let _ = write!(out, "| {} | {} |", r.spec.name(), r.describe());
         for e in &r.epochs {
             let _ = write!(out, " {:.2}% |", 100.0 * e.test_accuracy);
         }

@@ -16,7 +16,7 @@ pub fn seeds_csv(runs: &[(u64, RunResult)]) -> String {
                 out,
                 "{},\"{}\",{seed},{},{:.4},{:.4},{:.3}",
                 r.spec.name(),
-                r.spec.describe(),
+                r.describe(),
                 e.epoch,
                 e.test_accuracy,
                 e.train_loss,
@@ -32,7 +32,7 @@ pub fn seeds_csv(runs: &[(u64, RunResult)]) -> String {
 pub fn seeds_table(runs: &[(u64, RunResult)]) -> String {
     let mut specs: Vec<String> = Vec::new();
     for (_, r) in runs {
-        let key = r.spec.describe();
+        let key = r.describe();
         if !specs
             .iter()
             .any(|s| *s == format!("{}|{key}", r.spec.name()))
@@ -50,7 +50,7 @@ pub fn seeds_table(runs: &[(u64, RunResult)]) -> String {
     for spec in &specs {
         let mine: Vec<&(u64, RunResult)> = runs
             .iter()
-            .filter(|(_, r)| format!("{}|{}", r.spec.name(), r.spec.describe()) == *spec)
+            .filter(|(_, r)| format!("{}|{}", r.spec.name(), r.describe()) == *spec)
             .collect();
         let (name, describe) = spec.split_once('|').expect("key");
         let _ = write!(out, "| {name} | {describe} | {} |", mine.len());
@@ -107,6 +107,7 @@ mod tests {
             skipped_steps: 0,
             final_damping: None,
             evals: vec![],
+            average: None,
         }
     }
 

@@ -10,6 +10,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::Device;
 
+use crate::average::WeightAverage;
 use crate::cnn::GuideCnn;
 use burn::data::dataset::vision::MnistItem;
 
@@ -37,6 +38,9 @@ pub struct LoopOptions {
     pub device: Device,
     /// Print a line per evaluation.
     pub verbose: bool,
+    /// Evaluate a moving average of the weights with this decay instead of the last iterate
+    /// ([`WeightAverage`]; its update is not timed as part of the step).
+    pub average: Option<f64>,
 }
 
 /// `data` in a seeded random order (a 64-bit LCG Fisher–Yates shuffle).
@@ -94,6 +98,7 @@ pub fn train_cnn(spec: &OptimizerSpec, data: &MnistData, options: &LoopOptions) 
     let steps_per_epoch = data.train.len().div_ceil(options.batch_size);
     let every = steps_per_epoch.div_ceil(options.evals_per_epoch.max(1));
     let (mut losses, mut step_ms, mut evals, mut epochs) = (vec![], vec![], vec![], vec![]);
+    let average = options.average.map(WeightAverage::new);
     let mut seconds = 0.0;
     for epoch in 0..options.epochs {
         let order = shuffled(data.train.len(), options.seed.wrapping_add(epoch as u64));
@@ -134,8 +139,14 @@ pub fn train_cnn(spec: &OptimizerSpec, data: &MnistData, options: &LoopOptions) 
             seconds += ms / 1e3;
             losses.push(loss);
             step_ms.push(ms);
+            if let Some(a) = &average {
+                a.update(&model);
+            }
             if (i + 1) % every == 0 || i + 1 == steps_per_epoch {
-                let acc = accuracy(&model, &data.test, device);
+                let acc = match &average {
+                    Some(a) => accuracy(&a.apply(model.clone()), &data.test, device),
+                    None => accuracy(&model, &data.test, device),
+                };
                 evals.push((seconds, losses.len(), acc));
                 if options.verbose {
                     eprintln!(
@@ -164,5 +175,6 @@ pub fn train_cnn(spec: &OptimizerSpec, data: &MnistData, options: &LoopOptions) 
         skipped_steps: natgrad.as_ref().map_or(0, |ng| ng.stats().skipped),
         final_damping: natgrad.as_ref().map(|ng| ng.damping()),
         evals,
+        average: options.average,
     }
 }
