@@ -15,7 +15,8 @@ use burn::optim::momentum::MomentumConfig;
 use burn_natgrad::{AdaptiveDampingConfig, NaturalGradientConfig, SolverKind};
 use clap::{Parser, ValueEnum};
 use natgrad_mnist::{
-    plot, results_csv, results_table, run, seeds_csv, seeds_table, OptimizerSpec, RunOptions,
+    evals_csv, plot, results_csv, results_table, run, seeds_csv, seeds_table, OptimizerSpec,
+    RunOptions,
 };
 
 #[path = "shared/cli.rs"]
@@ -87,7 +88,11 @@ struct Args {
     hidden: usize,
     #[command(flatten)]
     common: Common,
-    /// Output folder: results.csv, curves.svg, checkpoints.
+    /// Test evaluations per epoch during training, against the training seconds (evals.csv,
+    /// time.svg); 0: only after each epoch.
+    #[arg(long, default_value_t = 4)]
+    evals_per_epoch: usize,
+    /// Output folder: results.csv, curves.svg, evals.csv, time.svg, checkpoints.
     #[arg(long, default_value = "target/mnist")]
     out: PathBuf,
     /// Repeat the comparison over this many seeds (`--seed`, `--seed` + 1, …) and report each
@@ -244,6 +249,7 @@ fn main() -> ExitCode {
         progress_bar: std::io::stdout().is_terminal(),
         quiet: false,
         average: None,
+        evals_per_epoch: args.evals_per_epoch,
     };
     // Five natural-gradient configurations, as many as SGD's grid: (lr, damping, momentum).
     let grid = if args.curvature.kfac() {
@@ -331,10 +337,10 @@ fn main() -> ExitCode {
     }
     let table = results_table(&results);
     println!("\n{table}");
-    let (csv_name, plot_name) = if args.sweep {
-        ("sweep.csv", "sweep.svg")
+    let (csv_name, plot_name, time_name) = if args.sweep {
+        ("sweep.csv", "sweep.svg", "sweep-time.svg")
     } else {
-        ("results.csv", "curves.svg")
+        ("results.csv", "curves.svg", "time.svg")
     };
     let csv_path = args.out.join(csv_name);
     if let Err(e) = std::fs::write(&csv_path, results_csv(&results)) {
@@ -351,6 +357,17 @@ fn main() -> ExitCode {
     if let Err(e) = plot::draw(&results, &title, &plot_path) {
         eprintln!("error: cannot draw {}: {e}", plot_path.display());
         return ExitCode::from(1);
+    }
+    if args.evals_per_epoch > 0 {
+        let (evals_path, time_path) = (args.out.join("evals.csv"), args.out.join(time_name));
+        if let Err(e) = std::fs::write(&evals_path, evals_csv(&results)) {
+            eprintln!("error: cannot write {}: {e}", evals_path.display());
+            return ExitCode::from(1);
+        }
+        if let Err(e) = plot::draw_time(&results, &title, &time_path) {
+            eprintln!("error: cannot draw {}: {e}", time_path.display());
+            return ExitCode::from(1);
+        }
     }
     if args.sweep {
         for name in [
@@ -378,6 +395,14 @@ fn main() -> ExitCode {
             }
         }
     }
-    println!("wrote {} and {}", csv_path.display(), plot_path.display());
+    if args.evals_per_epoch > 0 {
+        println!(
+            "wrote {}, {}, evals.csv and {time_name}",
+            csv_path.display(),
+            plot_path.display()
+        );
+    } else {
+        println!("wrote {} and {}", csv_path.display(), plot_path.display());
+    }
     ExitCode::SUCCESS
 }

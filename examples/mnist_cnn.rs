@@ -14,7 +14,9 @@ use std::process::ExitCode;
 use burn::optim::momentum::MomentumConfig;
 use burn_natgrad::{AdaptiveDampingConfig, NaturalGradientConfig, UncoveredPolicy};
 use clap::Parser;
-use natgrad_mnist::{plot, results_csv, results_table, train_cnn, LoopOptions, OptimizerSpec};
+use natgrad_mnist::{
+    evals_csv, plot, results_csv, results_table, train_cnn, LoopOptions, OptimizerSpec,
+};
 
 #[path = "shared/cli.rs"]
 mod cli;
@@ -227,17 +229,6 @@ fn main() -> ExitCode {
     } else {
         ("results.csv", "curves.svg", "time.svg")
     };
-    let mut evals = String::from("optimizer,hyper_parameters,seconds,step,test_accuracy\n");
-    for r in &results {
-        for (s, step, acc) in &r.evals {
-            let line = format!(
-                "{},{},{s:.3},{step},{acc:.4}\n",
-                r.spec.name(),
-                r.describe()
-            );
-            evals.push_str(&line);
-        }
-    }
     let title = format!(
         "MNIST, guide CNN, batch {}, {} train examples",
         args.batch_size,
@@ -251,7 +242,8 @@ fn main() -> ExitCode {
         ),
         (
             "evals.csv",
-            std::fs::write(args.out.join("evals.csv"), evals).map_err(|e| e.to_string()),
+            std::fs::write(args.out.join("evals.csv"), evals_csv(&results))
+                .map_err(|e| e.to_string()),
         ),
         (
             curves,

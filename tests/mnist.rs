@@ -32,6 +32,7 @@ fn options() -> RunOptions {
         progress_bar: false,
         quiet: true,
         average: None,
+        evals_per_epoch: 0,
     }
 }
 
@@ -108,6 +109,25 @@ fn every_optimizer_trains_on_the_fixture_and_outputs_are_written() {
             assert!(
                 with.is_finite() && (with - without).abs() > 1e-6,
                 "the averaged weights were not evaluated: test loss {with} vs {without}"
+            );
+            // Evaluations during training: every 15 of the 30 steps, the last equal to the
+            // Learner's validation after the epoch, against growing training seconds.
+            let evaluated = RunOptions {
+                evals_per_epoch: 2,
+                ..options.clone()
+            };
+            let e = run(spec, &data, &evaluated, &out.join(format!("run-{i}-evals")));
+            let steps: Vec<usize> = e.evals.iter().map(|v| v.1).collect();
+            assert_eq!(steps, [15, 30], "{:?}", e.evals);
+            assert!(
+                e.evals[0].0 > 0.0 && e.evals[0].0 < e.evals[1].0,
+                "{:?}",
+                e.evals
+            );
+            assert_eq!(e.evals[1].2, e.epochs[0].test_accuracy, "{:?}", e.evals);
+            assert_eq!(
+                e.step_losses, r.step_losses,
+                "the evaluations moved the training"
             );
         }
         results.push(r);

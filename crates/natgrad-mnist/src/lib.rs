@@ -7,6 +7,7 @@
 pub mod average;
 pub mod cnn;
 pub mod data;
+mod eval;
 pub mod model;
 pub mod plot;
 pub mod progress;
@@ -17,7 +18,9 @@ pub mod train_loop;
 pub use average::WeightAverage;
 pub use cnn::GuideCnn;
 pub use data::{DataError, MnistBatch, MnistBatcher, MnistData};
-pub use model::{Mlp, Recorder};
-pub use run::{results_csv, results_table, run, EpochResult, OptimizerSpec, RunOptions, RunResult};
+pub use model::{Evaluator, Mlp, Recorder};
+pub use run::{
+    evals_csv, results_csv, results_table, run, EpochResult, OptimizerSpec, RunOptions, RunResult,
+};
 pub use seeds::{seeds_csv, seeds_table};
 pub use train_loop::{train_cnn, LoopOptions};

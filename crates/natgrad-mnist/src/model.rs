@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use burn::data::dataset::vision::MnistItem;
 use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -26,9 +27,31 @@ pub struct Record {
     pub step_ms: Vec<f64>,
     /// Correct and total test predictions, and the summed test cross-entropy, per epoch.
     pub test: Vec<(usize, usize, f64)>,
+    /// Test evaluations during training, `(train seconds, step, accuracy)` (see
+    /// [`Evaluator`]).
+    pub evals: Vec<(f64, usize, f64)>,
     started: Option<Instant>,
     /// With adaptive damping: the last step's batch and loss, for the loss after it.
     pending: Option<(Tensor<2>, Tensor<1, Int>, f64)>,
+}
+
+/// Evaluates the test accuracy during training every `every` steps and at each epoch's end
+/// (the Learner's validation runs once per epoch), against the training seconds so far, for
+/// time-to-accuracy; not timed as part of the steps.
+#[derive(Debug, Clone)]
+pub struct Evaluator {
+    test: Arc<Vec<MnistItem>>,
+    every: usize,
+}
+
+impl Evaluator {
+    /// Evaluates on `test` every `every` steps.
+    pub fn new(test: Vec<MnistItem>, every: usize) -> Self {
+        Self {
+            test: Arc::new(test),
+            every: every.max(1),
+        }
+    }
 }
 
 /// A shared handle on a [`Record`].
@@ -90,6 +113,9 @@ pub struct Mlp {
     /// Where steps are recorded.
     #[module(skip)]
     pub recorder: Option<Recorder>,
+    /// Test evaluations during training, recorded into the recorder.
+    #[module(skip)]
+    pub evaluator: Option<Evaluator>,
     /// A moving average of the weights, updated after every step and evaluated instead of the
     /// last iterate.
     #[module(skip)]
@@ -106,7 +132,30 @@ impl Mlp {
             natgrad: None,
             recorder: None,
             average: None,
+            evaluator: None,
         }
+    }
+
+    /// With an [`Evaluator`] and a [`Recorder`]: the test accuracy of the model (or of its
+    /// weight average) when an evaluation is due after the step just recorded.
+    fn evaluate(&self) {
+        let (Some(r), Some(e)) = (&self.recorder, &self.evaluator) else {
+            return;
+        };
+        let (step, seconds) =
+            r.with(|rec| (rec.losses.len(), rec.step_ms.iter().sum::<f64>() / 1e3));
+        // The step within its epoch: due every `every` steps and at the epoch's end.
+        let within = (step.max(1) - 1) % r.steps_per_epoch + 1;
+        if step == 0 || (!within.is_multiple_of(e.every) && within != r.steps_per_epoch) {
+            return;
+        }
+        let model = match &self.average {
+            Some(a) => a.apply(self.valid()),
+            None => self.valid(),
+        };
+        let device = self.fc1.weight.val().device();
+        let accuracy = crate::eval::accuracy(&e.test, &device, |x| model.forward(x));
+        r.with(|rec| rec.evals.push((seconds, step, accuracy)));
     }
 
     /// Logits, with each Linear layer routed through `capture`.
@@ -206,6 +255,7 @@ impl TrainStep for Mlp {
         if let Some(a) = &model.average {
             a.update(&model);
         }
+        model.evaluate();
         model
     }
 }

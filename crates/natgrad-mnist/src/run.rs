@@ -131,6 +131,10 @@ pub struct RunOptions {
     /// Evaluate a moving average of the weights with this decay instead of the last iterate
     /// ([`WeightAverage`](crate::WeightAverage), updated after every step).
     pub average: Option<f64>,
+    /// Test evaluations per epoch during training, against the training seconds
+    /// ([`Evaluator`](crate::Evaluator), the last at the epoch's end); 0: only the Learner's
+    /// validation after each epoch.
+    pub evals_per_epoch: usize,
 }
 
 /// The outcome of one epoch.
@@ -201,6 +205,12 @@ pub fn run(spec: &OptimizerSpec, data: &MnistData, options: &RunOptions, dir: &P
     let mut model = Mlp::new(options.hidden, options.seed, device);
     model.recorder = Some(recorder.clone());
     model.average = options.average.map(crate::WeightAverage::new);
+    model.evaluator = (options.evals_per_epoch > 0).then(|| {
+        crate::Evaluator::new(
+            data.test.clone(),
+            steps_per_epoch.div_ceil(options.evals_per_epoch),
+        )
+    });
     let optim: ModuleOptimizer = match spec {
         OptimizerSpec::Ngd { config, .. } => {
             let ng = config.build();
@@ -263,7 +273,7 @@ pub fn run(spec: &OptimizerSpec, data: &MnistData, options: &RunOptions, dir: &P
             median_step_ms: median(&r.step_ms),
             skipped_steps: natgrad.as_ref().map_or(0, |ng| ng.stats().skipped),
             final_damping: natgrad.as_ref().map(|ng| ng.damping()),
-            evals: Vec::new(),
+            evals: r.evals.clone(),
             average: options.average,
         }
     })
@@ -275,6 +285,23 @@ fn sgd_ms(results: &[RunResult]) -> Option<f64> {
         .iter()
         .find(|r| matches!(r.spec, OptimizerSpec::Sgd { .. }))
         .map(|r| r.median_step_ms)
+}
+
+/// The evaluations during training, one line each:
+/// `optimizer,hyper_parameters,seconds,step,test_accuracy`.
+pub fn evals_csv(results: &[RunResult]) -> String {
+    let mut out = String::from("optimizer,hyper_parameters,seconds,step,test_accuracy\n");
+    for r in results {
+        for (s, step, acc) in &r.evals {
+            let _ = writeln!(
+                out,
+                "{},{},{s:.3},{step},{acc:.4}",
+                r.spec.name(),
+                r.describe()
+            );
+        }
+    }
+    out
 }
 
 /// The CSV: `optimizer,epoch,test_accuracy,train_loss,median_step_ms,step_ratio_vs_sgd`.

@@ -60,19 +60,7 @@ fn shuffled(len: usize, seed: u64) -> Vec<usize> {
 /// Test accuracy of `model` (inference mode, batches of 1000).
 fn accuracy(model: &GuideCnn, test: &[MnistItem], device: &Device) -> f64 {
     let model = model.valid();
-    let device = device.clone().inner();
-    let mut correct = 0usize;
-    for chunk in test.chunks(1000) {
-        let batch = MnistBatcher.batch(chunk.to_vec(), &device);
-        let n = chunk.len();
-        let predicted = model.forward(batch.images).argmax(1).reshape([n]);
-        correct += predicted
-            .equal(batch.targets)
-            .int()
-            .sum()
-            .into_scalar::<i64>() as usize;
-    }
-    correct as f64 / test.len().max(1) as f64
+    crate::eval::accuracy(test, device, |x| model.forward(x))
 }
 
 /// Trains a fresh CNN with `spec`; the result's `evals` hold `(train seconds, step, accuracy)`.
