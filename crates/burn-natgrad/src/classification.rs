@@ -74,10 +74,21 @@ impl NaturalGradient {
         targets: Tensor<1, Int>,
         forward: impl FnOnce(Tensor<D>) -> Tensor<2>,
     ) -> NaturalGradientOutput {
+        let (capture, logits) = self.captured_forward(input, forward);
+        self.classification(model, capture, logits, targets)
+    }
+
+    /// The model's own `forward` on the [`capture`](Self::capture)d input inside
+    /// [`Capture::scope`], noted as captured for this `NaturalGradient` (see
+    /// [`natural_gradient_optimize!`](crate::natural_gradient_optimize)).
+    fn captured_forward<const D: usize>(
+        &self,
+        input: Tensor<D>,
+        forward: impl FnOnce(Tensor<D>) -> Tensor<2>,
+    ) -> (Capture, Tensor<2>) {
         crate::glue::captured_for(self);
         let (capture, x) = self.capture(input);
-        let (capture, logits) = capture.scope(|| forward(x));
-        self.classification(model, capture, logits, targets)
+        capture.scope(|| forward(x))
     }
 
     /// How many examples of a batch of `n` the Fisher is estimated on: the curvature batch,
@@ -163,9 +174,7 @@ impl NaturalGradient {
         forward: impl FnOnce(Tensor<D>) -> Tensor<2>,
         loss: impl FnOnce(Tensor<2>, Tensor<1, Int>) -> Tensor<1>,
     ) -> NaturalGradientOutput {
-        crate::glue::captured_for(self);
-        let (capture, x) = self.capture(input);
-        let (capture, logits) = capture.scope(|| forward(x));
+        let (capture, logits) = self.captured_forward(input, forward);
         self.try_classification_with_loss(model, capture, logits, targets, loss)
             .unwrap_or_else(|e| panic!("{e}"))
     }

@@ -142,13 +142,14 @@ impl Mlp {
         let (Some(r), Some(e)) = (&self.recorder, &self.evaluator) else {
             return;
         };
-        let (step, seconds) =
-            r.with(|rec| (rec.losses.len(), rec.step_ms.iter().sum::<f64>() / 1e3));
+        let step = r.with(|rec| rec.losses.len());
         // The step within its epoch: due every `every` steps and at the epoch's end.
         let within = (step.max(1) - 1) % r.steps_per_epoch + 1;
         if step == 0 || (!within.is_multiple_of(e.every) && within != r.steps_per_epoch) {
             return;
         }
+        // Summed only when due: not on every step.
+        let seconds = r.with(|rec| rec.step_ms.iter().sum::<f64>() / 1e3);
         let model = match &self.average {
             Some(a) => a.apply(self.valid()),
             None => self.valid(),
