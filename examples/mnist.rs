@@ -234,7 +234,8 @@ fn check(args: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    args.curvature.resolve(args.fisher.fisher);
     let data = match checked_data(check(&args), &args.common) {
         Ok(data) => data,
         Err(code) => return code,

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::optim::momentum::MomentumConfig;
-use burn_natgrad::{AdaptiveDampingConfig, NaturalGradientConfig, UncoveredPolicy};
+use burn_natgrad::{AdaptiveDampingConfig, NaturalGradientConfig};
 use clap::Parser;
 use natgrad_mnist::{
     evals_csv, plot, results_csv, results_table, train_cnn, LoopOptions, OptimizerSpec,
@@ -68,11 +68,8 @@ struct Args {
     /// Dropout probability (the guide's: 0.5).
     #[arg(long, default_value_t = 0.5)]
     dropout: f64,
-    /// The BatchNorm's parameters (no per-example gradient in training mode) move by SGD at
-    /// `lr · bn_scale` (`UncoveredPolicy::ScaledGradient`); 0: by the damped gradient `g / λ`.
-    #[arg(long, default_value_t = 0.02)]
-    bn_scale: f64,
-    /// Add a BatchNorm after the first convolution (its parameters move as `--bn-scale` says).
+    /// Add a BatchNorm after the first convolution (burn-natgrad's drop-in, preconditioned like
+    /// the other layers).
     #[arg(long)]
     batch_norm: bool,
     /// Test evaluations per epoch.
@@ -128,14 +125,7 @@ fn ngd(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpec {
                 .then(|| AdaptiveDampingConfig::new().with_period(args.adaptive_damping)),
         )
         .with_curvature_batch(args.curvature_batch)
-        .with_kl_max((args.kl_max > 0.0).then_some(args.kl_max))
-        .with_uncovered(if args.bn_scale > 0.0 {
-            UncoveredPolicy::ScaledGradient {
-                scale: args.bn_scale,
-            }
-        } else {
-            UncoveredPolicy::DampedGradient
-        });
+        .with_kl_max((args.kl_max > 0.0).then_some(args.kl_max));
     if momentum > 0.0 {
         let m = MomentumConfig::new()
             .with_momentum(momentum)
@@ -160,8 +150,7 @@ fn check(args: &Args) -> Result<(), String> {
         .positive("adam-lr", args.adam_lr)
         .fraction("momentum", args.momentum)
         .non_negative("kl-max", args.kl_max)
-        .fraction("dropout", args.dropout)
-        .non_negative("bn-scale", args.bn_scale);
+        .fraction("dropout", args.dropout);
     if let Some(m) = args.curvature_batch {
         checks.at_least_one("curvature-batch", m);
     }
@@ -174,7 +163,8 @@ fn check(args: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    args.curvature.resolve(args.fisher.fisher);
     let data = match checked_data(check(&args), &args.common) {
         Ok(data) => data,
         Err(code) => return code,

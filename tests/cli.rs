@@ -116,10 +116,6 @@ fn bad_values_of_the_cnn_example_are_refused() {
             "--evals-per-epoch must be at least 1",
         ),
         (vec!["--dropout", "1"], "--dropout must lie in [0, 1)"),
-        (
-            vec!["--bn-scale", "nan"],
-            "--bn-scale must be a finite number >= 0",
-        ),
         (vec!["--lr", "nan"], "--lr must be a finite number > 0"),
         (vec!["--momentum", "-0.1"], "--momentum must lie in [0, 1)"),
         (vec!["--limit", "0"], "--limit must be at least 1"),

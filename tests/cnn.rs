@@ -10,7 +10,7 @@ use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::InMemDataset;
 use burn::tensor::Device;
 use burn::train::{Learner, SupervisedTraining};
-use burn_natgrad::{NaturalGradientConfig, UncoveredPolicy};
+use burn_natgrad::NaturalGradientConfig;
 use natgrad_mnist::OptimizerSpec;
 use natgrad_mnist::{train_cnn, GuideCnn, LoopOptions, MnistBatch, MnistBatcher, MnistData};
 
@@ -55,10 +55,9 @@ fn the_guide_cnn_trains_through_the_learner() {
         .unwrap()
         .limit_train(Some(256));
     let model = GuideCnn::new(32, 0.1, true, 3, &device);
-    let (ng, optim) = NaturalGradientConfig::new()
-        .with_damping(5.0)
-        .with_uncovered(UncoveredPolicy::ScaledGradient { scale: 0.01 })
-        .init();
+    // The BatchNorm is one of the drop-in layers: every parameter is preconditioned (the
+    // default policy refuses any that is not).
+    let (ng, optim) = NaturalGradientConfig::new().with_damping(5.0).init();
     let train: Arc<dyn DataLoader<MnistBatch>> = DataLoaderBuilder::new(MnistBatcher)
         .batch_size(64)
         .set_device(device.clone())
@@ -123,4 +122,39 @@ fn the_hand_written_loop_evaluates_against_the_wall_clock() {
         accuracies(&result),
         "the averaged weights were not evaluated"
     );
+}
+
+/// A natural gradient whose steps are all skipped (a NaN in every image) stops after
+/// `max_consecutive_skips` of them instead of ending the program: a sweep goes on with its other
+/// configurations, and the stopped run reports no accuracy.
+#[test]
+fn the_loop_stops_a_run_that_only_skips() {
+    let _rng = rng_lock();
+    let mut data = MnistData::from_dir(&fixture())
+        .unwrap()
+        .limit_train(Some(768));
+    for item in &mut data.train {
+        item.image[0][0] = f32::NAN;
+    }
+    let options = LoopOptions {
+        epochs: 2,
+        batch_size: 64,
+        hidden: 16,
+        dropout: 0.0,
+        batch_norm: false,
+        seed: 1,
+        evals_per_epoch: 1,
+        device: device(),
+        verbose: false,
+        average: None,
+    };
+    let spec = OptimizerSpec::Ngd {
+        config: NaturalGradientConfig::new().with_max_consecutive_skips(Some(3)),
+        lr: 1.0,
+    };
+    let result = train_cnn(&spec, &data, &options);
+    assert_eq!(result.step_losses.len(), 3, "it went on after 3 skips");
+    assert_eq!(result.skipped_steps, 3);
+    assert_eq!(result.epochs.len(), 1);
+    assert!(result.epochs[0].test_accuracy.is_nan());
 }

@@ -119,9 +119,10 @@ pub enum Curvature {
 /// Which approximation of the Fisher the natural gradient inverts.
 #[derive(clap::Args, Debug)]
 pub struct CurvatureArgs {
-    /// Curvature of the natural gradient.
-    #[arg(long, value_enum, default_value_t = Curvature::Full)]
-    pub curvature: Curvature,
+    /// Curvature of the natural gradient [default: full with the empirical or exact Fisher,
+    /// kfac with the sampled Fisher, whose rows do not span the gradient (see docs/kfac.md)].
+    #[arg(long, value_enum)]
+    pub curvature: Option<Curvature>,
     /// Decay of KFAC's moving averages of its factors, in [0, 1).
     #[arg(long, default_value_t = 0.95)]
     pub kfac_decay: f64,
@@ -143,9 +144,24 @@ impl CurvatureArgs {
             .with_kfac_block_limit(self.kfac_block_limit)
     }
 
+    /// Fills in the default curvature for `fisher`: KFAC for the sampled Fisher (the Gram solve
+    /// divides the part of the gradient outside its sampled rows' span by λ alone), the batch's
+    /// coupled Fisher otherwise. Runs before anything reads the curvature.
+    pub fn resolve(&mut self, fisher: Fisher) {
+        self.curvature.get_or_insert(match fisher {
+            Fisher::Sampled => Curvature::Kfac,
+            Fisher::Empirical | Fisher::Exact => Curvature::Full,
+        });
+    }
+
+    fn resolved(&self) -> Curvature {
+        self.curvature
+            .expect("CurvatureArgs::resolve runs before the curvature is read")
+    }
+
     /// The library's value.
     pub fn kind(&self) -> CurvatureKind {
-        match self.curvature {
+        match self.resolved() {
             Curvature::Full => CurvatureKind::Full,
             Curvature::Kfac => CurvatureKind::Kfac {
                 decay: self.kfac_decay,
@@ -163,7 +179,7 @@ impl CurvatureArgs {
 
     /// Whether KFAC was asked for.
     pub fn kfac(&self) -> bool {
-        self.curvature == Curvature::Kfac
+        self.resolved() == Curvature::Kfac
     }
 }
 

@@ -11,9 +11,8 @@ use crate::optimizer::NaturalGradient;
 use crate::solver::SolverKind;
 
 /// What the optimizer does with a trainable parameter that has a gradient but no per-example
-/// factors: a parameter of a layer no rule covers (e.g. BatchNorm in training mode, whose
-/// per-example gradients are not defined), or one the forward pass did not route through the
-/// [`Capture`](crate::Capture).
+/// factors: a parameter of a layer no rule covers (e.g. a GroupNorm), or one the forward pass
+/// did not route through the [`Capture`](crate::Capture) (a Burn layer called directly).
 #[derive(Config, Debug, PartialEq, Copy)]
 pub enum UncoveredPolicy {
     /// Refuse the step with [`NatGradError::UncapturedParameters`], naming them (the default).
@@ -24,8 +23,8 @@ pub enum UncoveredPolicy {
     DampedGradient,
     /// Their Fisher block is taken as zero and they move by `scale · g`: SGD at learning rate
     /// `lr · scale` for those parameters (with the same momentum and weight decay), whatever the
-    /// damping. For layers whose good SGD step is far from `lr / λ` (a BatchNorm's scale and
-    /// shift next to a natural gradient at `lr = λ`).
+    /// damping. For layers whose good SGD step is far from `lr / λ` (a normalisation's scale
+    /// and shift next to a natural gradient at `lr = λ`).
     ScaledGradient {
         /// The factor `scale > 0` of the gradient.
         scale: f64,

@@ -6,8 +6,8 @@
 //! space rather than parameter space (Amari, "Natural Gradient Works Efficiently in Learning",
 //! 1998). This crate:
 //!
-//! * captures **per-example gradient factors** of Linear and Conv2d layers in one batch
-//!   backward pass ([`Capture`], one rule per layer kind), with an exact per-example loop for
+//! * captures **per-example gradient factors** of Linear, Conv2d, Embedding, LayerNorm and
+//!   BatchNorm layers in one batch backward pass ([`Capture`], one rule per layer kind), with an exact per-example loop for
 //!   any other model ([`per_example_classification`]), and an explicit policy for parameters no
 //!   rule covers ([`UncoveredPolicy`]);
 //! * forms the **empirical** or **model-sampled** Fisher ([`FisherKind`]), coupled across all

@@ -122,9 +122,9 @@ where
             return Err(NatGradError::InvalidInput(format!(
                 "per_example_classification: BatchNorm in training mode has no per-example \
                  gradient (it normalises with the batch's statistics; one example alone would \
-                 be normalised by its own) at [{}]. Capture the other layers with `Capture` and \
-                 move the BatchNorm parameters by the damped gradient \
-                 (`UncoveredPolicy::DampedGradient`), or put the BatchNorm in inference mode.",
+                 be normalised by its own) at [{}]. Capture the model instead (`Capture`, with \
+                 `Capture::batch_norm` or `burn_natgrad::nn::BatchNorm` for the BatchNorm), or \
+                 put the BatchNorm in inference mode.",
                 bn.found.join(", ")
             )));
         }

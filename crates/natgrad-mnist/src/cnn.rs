@@ -7,10 +7,10 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, LinearConfig, Relu};
+use burn::nn::{BatchNormConfig, Dropout, DropoutConfig, LinearConfig, Relu};
 use burn::tensor::{Device, Tensor};
 use burn::train::{ClassificationOutput, TrainOutput, TrainStep};
-use burn_natgrad::nn::{Conv2d, Linear}; // instead of burn::nn's
+use burn_natgrad::nn::{BatchNorm, Conv2d, Linear}; // instead of burn::nn's
 
 use crate::data::{MnistBatch, SIDE};
 
@@ -34,7 +34,7 @@ impl GuideCnn {
         device.seed(seed);
         Self {
             conv1: Conv2dConfig::new([1, 8], [3, 3]).init(device).into(),
-            bn: batch_norm.then(|| BatchNormConfig::new(8).init(device)),
+            bn: batch_norm.then(|| BatchNormConfig::new(8).init(device).into()),
             conv2: Conv2dConfig::new([8, 16], [3, 3]).init(device).into(),
             pool: AdaptiveAvgPool2dConfig::new([8, 8]).init(),
             dropout: DropoutConfig::new(dropout).init(),

@@ -295,7 +295,7 @@ pub fn evals_csv(results: &[RunResult]) -> String {
         for (s, step, acc) in &r.evals {
             let _ = writeln!(
                 out,
-                "{},{},{s:.3},{step},{acc:.4}",
+                "{},\"{}\",{s:.3},{step},{acc:.4}",
                 r.spec.name(),
                 r.describe()
             );
@@ -368,4 +368,36 @@ pub fn results_table(results: &[RunResult]) -> String {
         let _ = writeln!(out, " {last:.4} | {:.2} | {ratio} |", r.median_step_ms);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hyper-parameters (which hold commas) are one quoted field: five per row.
+    #[test]
+    fn evals_csv_quotes_the_hyper_parameters() {
+        let spec = OptimizerSpec::Ngd {
+            config: burn_natgrad::NaturalGradientConfig::new(),
+            lr: 5.0,
+        };
+        let result = RunResult {
+            spec,
+            epochs: vec![],
+            step_losses: vec![],
+            median_step_ms: 1.0,
+            skipped_steps: 0,
+            final_damping: None,
+            evals: vec![(1.5, 10, 0.9), (3.0, 20, 0.95)],
+            average: Some(0.99),
+        };
+        let csv = evals_csv(&[result]);
+        for line in csv.lines().skip(1) {
+            let (name, rest) = line.split_once(",\"").expect("a quoted second field");
+            let (hyper, numbers) = rest.split_once("\",").expect("the field closes");
+            assert_eq!(name, "ngd-empirical");
+            assert!(hyper.contains(", weight average 0.99"), "{hyper}");
+            assert_eq!(numbers.split(',').count(), 3, "{line}");
+        }
+    }
 }

@@ -75,7 +75,9 @@ pub fn train_cnn(spec: &OptimizerSpec, data: &MnistData, options: &LoopOptions) 
     );
     let (natgrad, mut optim): (_, ModuleOptimizer) = match spec {
         OptimizerSpec::Ngd { config, .. } => {
-            let ng = config.build();
+            // The loop stops a run whose steps are skipped in a row itself (below), so that a
+            // diverging configuration of a sweep does not end the others.
+            let ng = config.clone().with_max_consecutive_skips(None).build();
             let optim = ng.module_optimizer();
             (Some(ng), optim)
         }
@@ -88,6 +90,7 @@ pub fn train_cnn(spec: &OptimizerSpec, data: &MnistData, options: &LoopOptions) 
     let (mut losses, mut step_ms, mut evals, mut epochs) = (vec![], vec![], vec![], vec![]);
     let average = options.average.map(WeightAverage::new);
     let mut seconds = 0.0;
+    let mut stopped = false;
     for epoch in 0..options.epochs {
         let order = shuffled(data.train.len(), options.seed.wrapping_add(epoch as u64));
         let start = losses.len();
@@ -102,6 +105,7 @@ pub fn train_cnn(spec: &OptimizerSpec, data: &MnistData, options: &LoopOptions) 
                         ng.train_step(&model, batch.images, batch.targets, |x| model.forward(x));
                     let loss = out.loss.clone();
                     model = ng.step(&mut optim, lr, model, out.grads);
+                    stopped = too_many_skips(ng, spec);
                     if ng.adaptation_due() {
                         // Adaptive damping: the updated model's loss on the same batch.
                         let after = CrossEntropyLossConfig::new()
@@ -146,14 +150,24 @@ pub fn train_cnn(spec: &OptimizerSpec, data: &MnistData, options: &LoopOptions) 
                     );
                 }
             }
+            if stopped {
+                break;
+            }
         }
         let epoch_losses = &losses[start..];
         epochs.push(EpochResult {
             epoch: epoch + 1,
-            test_accuracy: evals.last().map_or(f64::NAN, |e| e.2),
+            // A stopped run has no accuracy: its last finite weights are not what it trained to.
+            test_accuracy: match stopped {
+                true => f64::NAN,
+                false => evals.last().map_or(f64::NAN, |e| e.2),
+            },
             test_loss: f64::NAN,
             train_loss: epoch_losses.iter().sum::<f64>() / epoch_losses.len().max(1) as f64,
         });
+        if stopped {
+            break;
+        }
     }
     RunResult {
         spec: spec.clone(),
@@ -165,4 +179,27 @@ pub fn train_cnn(spec: &OptimizerSpec, data: &MnistData, options: &LoopOptions) 
         evals,
         average: options.average,
     }
+}
+
+/// Whether `ng` has skipped as many steps in a row as `spec`'s configuration allows
+/// (`max_consecutive_skips`); says so, with the reason, when it has.
+fn too_many_skips(ng: &burn_natgrad::NaturalGradient, spec: &OptimizerSpec) -> bool {
+    let OptimizerSpec::Ngd { config, .. } = spec else {
+        return false;
+    };
+    let stats = ng.stats();
+    let stop = config
+        .max_consecutive_skips
+        .is_some_and(|limit| stats.consecutive_skipped >= limit as u64);
+    if stop {
+        eprintln!(
+            "{}: stopped after {} steps: {} in a row were skipped (the last: {}); its accuracy is \
+             reported as NaN",
+            spec.name(),
+            stats.steps + stats.skipped,
+            stats.consecutive_skipped,
+            stats.last_skip_reason.unwrap_or_default()
+        );
+    }
+    stop
 }

@@ -1,5 +1,5 @@
-//! Burn's [`Embedding`](burn::nn::Embedding) and [`LayerNorm`](burn::nn::LayerNorm),
-//! recording into the active capture.
+//! Burn's [`Embedding`](burn::nn::Embedding), [`LayerNorm`](burn::nn::LayerNorm) and
+//! [`BatchNorm`](burn::nn::BatchNorm), recording into the active capture.
 
 use burn::tensor::{Int, Tensor};
 
@@ -45,6 +45,28 @@ impl LayerNorm {
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
         with_active(|capture| match capture {
             Some(capture) => capture.layer_norm(&self.inner, input),
+            None => self.inner.forward(input),
+        })
+    }
+}
+
+/// Burn's [`BatchNorm`](burn::nn::BatchNorm) (same parameters, running statistics, names and
+/// record) whose forward pass records into the active [`Capture`](crate::Capture), through
+/// [`Capture::batch_norm`](crate::Capture::batch_norm), inside
+/// [`Capture::scope`](crate::Capture::scope).
+#[derive(Clone, Debug)]
+pub struct BatchNorm {
+    /// The Burn layer.
+    pub inner: burn::nn::BatchNorm,
+}
+
+delegate_module!(BatchNorm, burn::nn::BatchNorm);
+
+impl BatchNorm {
+    /// `inner.forward(input)`, recorded into the active capture if there is one.
+    pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+        with_active(|capture| match capture {
+            Some(capture) => capture.batch_norm(&self.inner, input),
             None => self.inner.forward(input),
         })
     }

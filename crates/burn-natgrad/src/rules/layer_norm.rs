@@ -1,47 +1,16 @@
 //! The LayerNorm rule: `y = x̂ ⊙ γ + β` over the last axis, `x̂` the normalised input.
 //!
-//! Factors: `x̂` and the probe's gradient `Δ`, both `[N, T, d]`; the per-example gradients are
-//! `Σ_t x̂ₙₜ ⊙ Δₙₜ` for `γ` and `Σ_t Δₙₜ` for `β`, `[N, d]` each, kept as explicit rows (they
-//! are as small as the layer's output). `x̂` is recomputed by the layer's own forward pass with
-//! `γ = 1` and no `β`, so its `ε` (private to Burn's `LayerNorm`) is the layer's.
+//! Factors: those of a scale and shift ([`scale_shift`](super::scale_shift)), `x̂` and `Δ` as
+//! `[N, T, d]`. `x̂` is recomputed by the layer's own forward pass with `γ = 1` and no `β`, so
+//! its `ε` (private to Burn's `LayerNorm`) is the layer's.
 
-use burn::module::{Param, ParamId};
+use burn::module::Param;
 use burn::nn::LayerNorm;
-use burn::tensor::{Gradients, Tensor};
+use burn::tensor::Tensor;
 
+use super::scale_shift::ScaleShiftUse;
 use super::{constant, probe, require_autodiff, trainable, Recorded};
 use crate::capture::Capture;
-use crate::factors::BlockFactors;
-
-/// One use of a LayerNorm layer.
-#[derive(Clone, Debug)]
-pub(crate) struct LayerNormUse {
-    /// `γ`, when trainable.
-    gamma: Option<ParamId>,
-    /// `β`, when the layer has one and it is trainable.
-    beta: Option<ParamId>,
-    /// The normalised input, without autodiff, `[N, T, d]`.
-    normalised: Tensor<3>,
-    /// The probe leaf, `[N, T, d]`.
-    probe: Tensor<3>,
-}
-
-impl LayerNormUse {
-    pub(crate) fn blocks(self, grads: &Gradients) -> Option<Vec<(ParamId, BlockFactors)>> {
-        let delta = self.probe.grad(grads)?;
-        let [n, _, d] = delta.dims();
-        let mut blocks = Vec::new();
-        if let Some(gamma) = self.gamma {
-            let rows = (self.normalised * delta.clone()).sum_dim(1).reshape([n, d]);
-            blocks.push((gamma, BlockFactors::Dense { rows }));
-        }
-        if let Some(beta) = self.beta {
-            let rows = delta.sum_dim(1).reshape([n, d]);
-            blocks.push((beta, BlockFactors::Dense { rows }));
-        }
-        Some(blocks)
-    }
-}
 
 impl Capture {
     /// `layer.forward(input)` for a LayerNorm over the last axis of `[N, …, d]` input, recording
@@ -76,7 +45,7 @@ impl Capture {
         }
         let probe = probe([n, t, d], &output.device());
         let output = output + probe.clone().reshape(dims);
-        self.records.push(Recorded::LayerNorm(LayerNormUse {
+        self.records.push(Recorded::ScaleShift(ScaleShiftUse {
             gamma,
             beta,
             normalised: normalised.inner().reshape([n, t, d]),

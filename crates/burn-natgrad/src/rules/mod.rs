@@ -14,17 +14,19 @@
 //!    explicit per-example rows for a convolution's `[out, in/groups, kh, kw]` (cheaper than its
 //!    `(N·T)²` Gram; for KFAC beyond its block limit, its two factors, output gradients
 //!    first: KFC) and for
-//!    LayerNorm's `γ`, `β`, ids and output gradients for an embedding table (its one-hot input
+//!    LayerNorm's and BatchNorm's `γ`, `β`, ids and output gradients for an embedding table (its one-hot input
 //!    never formed), a bias's `Σ_t output_gradₙₜ`.
 //!
 //! The Gram, projection and back-projection algebra is shared ([`factors`](crate::factors));
 //! solvers see blocks, never layers. Adding a layer kind is one file here plus its test
 //! against the per-example loop ([`per_example_classification`](crate::per_example_classification)).
 
+pub(crate) mod batch_norm;
 pub(crate) mod conv2d;
 pub(crate) mod embedding;
 pub(crate) mod layer_norm;
 pub(crate) mod linear;
+pub(crate) mod scale_shift;
 
 use burn::module::{Param, ParamId};
 use burn::tensor::{Device, Gradients, Tensor};
@@ -78,8 +80,8 @@ pub(crate) enum Recorded {
     Conv2d(conv2d::Conv2dUse),
     /// An embedding table.
     Embedding(embedding::EmbeddingUse),
-    /// A layer normalisation.
-    LayerNorm(layer_norm::LayerNormUse),
+    /// A LayerNorm or BatchNorm: a scale and shift of a normalised input.
+    ScaleShift(scale_shift::ScaleShiftUse),
 }
 
 impl Recorded {
@@ -96,7 +98,7 @@ impl Recorded {
             Recorded::Linear(u) => u.blocks(grads),
             Recorded::Conv2d(u) => u.blocks(grads, kronecker),
             Recorded::Embedding(u) => u.blocks(grads),
-            Recorded::LayerNorm(u) => u.blocks(grads),
+            Recorded::ScaleShift(u) => u.blocks(grads),
         }
     }
 }

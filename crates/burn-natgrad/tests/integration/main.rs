@@ -4,6 +4,7 @@
 mod common;
 
 mod backends;
+mod batch_norm;
 mod conv2d;
 mod curvature_batch;
 mod damping;

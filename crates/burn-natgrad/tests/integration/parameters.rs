@@ -132,7 +132,8 @@ fn a_foreign_module_optimizer_is_refused() {
     }
 }
 
-/// A Linear, a BatchNorm over its features, a Linear: BatchNorm has no rule.
+/// A Linear, a BatchNorm over its features, a Linear: the BatchNorm is called directly, not
+/// through its rule (`Capture::batch_norm`), so its parameters have no factors.
 #[derive(Module, Debug)]
 struct NormNet {
     fc1: Linear,

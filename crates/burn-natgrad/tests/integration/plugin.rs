@@ -1,7 +1,7 @@
 //! The drop-in layers on Burn's guide model (two Conv2d, BatchNorm, Dropout, two Linear): a
 //! model switched to them keeps its record, its forward pass is unchanged, `train_step` records
-//! every layer through the model's own forward pass, and it trains with the BatchNorm moved by
-//! the damped gradient; its `TrainStep` is one line for `step` and one for `optimize`, with no
+//! every layer through the model's own forward pass (the BatchNorm too), and it trains; its
+//! `TrainStep` is one line for `step` and one for `optimize`, with no
 //! field in the model, and that glue refuses what it cannot do right.
 
 use crate::common::*;
@@ -13,7 +13,7 @@ use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, Int, Tensor};
 use burn::train::{ClassificationOutput, TrainOutput, TrainStep};
 use burn_natgrad::testing::Factors;
-use burn_natgrad::{nn, Capture, NaturalGradientConfig, UncoveredPolicy};
+use burn_natgrad::{nn, Capture, NaturalGradientConfig};
 
 /// Burn's guide model with a BatchNorm after the first convolution, in Burn's own layers.
 #[derive(Module, Debug)]
@@ -32,7 +32,7 @@ struct BurnGuide {
 #[derive(Module, Debug)]
 struct Guide {
     conv1: nn::Conv2d,
-    bn: BatchNorm,
+    bn: nn::BatchNorm,
     conv2: nn::Conv2d,
     pool: AdaptiveAvgPool2d,
     dropout: Dropout,
@@ -96,7 +96,7 @@ fn drop_in_layers_keep_the_record_and_the_forward_pass() {
         device.seed(99);
         let fresh = Guide {
             conv1: Conv2dConfig::new([1, 4], [3, 3]).init(&device).into(),
-            bn: BatchNormConfig::new(4).init(&device),
+            bn: BatchNormConfig::new(4).init(&device).into(),
             conv2: Conv2dConfig::new([4, 6], [3, 3]).init(&device).into(),
             pool: AdaptiveAvgPool2dConfig::new([4, 4]).init(),
             dropout: DropoutConfig::new(0.0).init(),
@@ -112,9 +112,9 @@ fn drop_in_layers_keep_the_record_and_the_forward_pass() {
             "{name}: record not loaded"
         );
         assert_eq!(loaded.num_params(), burn_model.num_params());
-        // Inside a capture scope the output is the same, and all four layers are recorded.
+        // Inside a capture scope the output is the same, and all five layers are recorded.
         let (cap, out) = Capture::new().scope(|| loaded.forward(x.clone()));
-        assert_eq!(cap.len(), 4, "{name}");
+        assert_eq!(cap.len(), 5, "{name}");
         assert!(rel_err(&host(out), &expected) <= 1e-6, "{name}");
         // The scope is over: nothing more is recorded.
         let _ = loaded.forward(x);
@@ -122,7 +122,7 @@ fn drop_in_layers_keep_the_record_and_the_forward_pass() {
 }
 
 /// `train_step` on the model's own forward pass gives the same factors as routing each layer
-/// through the capture by hand, and refuses the BatchNorm unless the policy moves it.
+/// through the capture by hand, every parameter covered (the default policy refuses any other).
 #[test]
 fn train_step_records_the_models_own_forward_pass() {
     let _rng = rng_lock();
@@ -130,39 +130,28 @@ fn train_step_records_the_models_own_forward_pass() {
         let model = Guide::from_burn(burn_guide(0.0, &device));
         let x = tensor(4, [6, 10, 10], 1.0, &device);
         let y = labels(5, 6, 3, &device);
-        let refuse = NaturalGradientConfig::new().build();
-        let (capture, xc) = refuse.capture(x.clone());
-        let (capture, logits) = capture.scope(|| model.forward(xc));
-        let err = refuse
-            .try_classification(&model, capture, logits, y.clone())
-            .unwrap_err();
-        assert!(err.to_string().contains("bn.gamma"), "{name}: {err}");
-
-        let ng = NaturalGradientConfig::new()
-            .with_uncovered(UncoveredPolicy::DampedGradient)
-            .build();
+        let ng = NaturalGradientConfig::new().build();
         let out = ng.train_step(&model, x.clone(), y.clone(), |x| model.forward(x));
         let by_hand = {
             let (mut cap, xc) = ng.capture(x);
             let [n, h, w] = xc.dims();
             let m = &model;
-            let h1 = m.bn.forward(cap.conv2d(&m.conv1, xc.reshape([n, 1, h, w])));
+            let h1 = cap.conv2d(&m.conv1, xc.reshape([n, 1, h, w]));
+            let h1 = cap.batch_norm(&m.bn, h1);
             let h2 = m.activation.forward(cap.conv2d(&m.conv2, h1));
             let h3 = m.pool.forward(h2).reshape([n, 6 * 4 * 4]);
             let h4 = m.activation.forward(cap.linear(&m.linear1, h3));
             let logits = cap.linear(&m.linear2, h4);
             ng.try_classification(&model, cap, logits, y).unwrap()
         };
-        let policy = UncoveredPolicy::DampedGradient;
-        let a = Factors::collect(&model, &out.grads, policy).unwrap();
-        let b = Factors::collect(&model, &by_hand.grads, policy).unwrap();
+        let a = Factors::from_grads(&model, &out.grads).unwrap();
+        let b = Factors::from_grads(&model, &by_hand.grads).unwrap();
         assert_blocks_match(&a, &b, name);
         assert_eq!(
             a.blocks.len(),
-            8,
-            "{name}: conv and linear weights and biases"
+            10,
+            "{name}: conv and linear weights and biases, bn.gamma and bn.beta"
         );
-        assert_eq!(a.uncovered.len(), 2, "{name}: bn.gamma and bn.beta");
     }
 }
 
@@ -172,10 +161,7 @@ fn the_guide_model_trains_with_the_natural_gradient() {
     let _rng = rng_lock();
     for (name, device) in backends() {
         let mut model = Guide::from_burn(burn_guide(0.1, &device));
-        let (ng, mut optim) = NaturalGradientConfig::new()
-            .with_damping(1.0)
-            .with_uncovered(UncoveredPolicy::DampedGradient)
-            .init();
+        let (ng, mut optim) = NaturalGradientConfig::new().with_damping(1.0).init();
         let x = tensor(6, [16, 10, 10], 1.0, &device);
         let y = labels(7, 16, 3, &device);
         let loss = |model: &Guide| {
@@ -201,7 +187,7 @@ impl Guide {
     fn from_burn(m: BurnGuide) -> Self {
         Guide {
             conv1: m.conv1.into(),
-            bn: m.bn,
+            bn: m.bn.into(),
             conv2: m.conv2.into(),
             pool: m.pool,
             dropout: m.dropout,
@@ -239,9 +225,7 @@ fn guide_batch(device: &Device) -> Batch {
 }
 
 fn guide_config() -> NaturalGradientConfig {
-    NaturalGradientConfig::new()
-        .with_damping(1.0)
-        .with_uncovered(UncoveredPolicy::DampedGradient)
+    NaturalGradientConfig::new().with_damping(1.0)
 }
 
 /// The parameters of a guide model, in module order (host).

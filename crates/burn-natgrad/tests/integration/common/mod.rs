@@ -160,7 +160,8 @@ impl Mlp {
     }
 }
 
-/// Collects, in module order, the tensors `grads` holds for a module's parameters (host, f64).
+/// Collects, in module order, the tensors `grads` holds for a module's trainable parameters
+/// (host, f64).
 pub struct Gather<'a> {
     pub grads: &'a burn::optim::GradientsParams,
     pub out: &'a mut Vec<f64>,
@@ -168,11 +169,12 @@ pub struct Gather<'a> {
 
 impl burn::module::ModuleVisitor for Gather<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let t = self
-            .grads
-            .get::<D>(param.id)
-            .expect("a tensor for every parameter");
-        self.out.extend(host(t));
+        match self.grads.get::<D>(param.id) {
+            Some(t) => self.out.extend(host(t)),
+            // A buffer (a BatchNorm's running statistics) or a frozen parameter.
+            None if !param.val().is_require_grad() => {}
+            None => panic!("a tensor for every trainable parameter"),
+        }
     }
 }
 
