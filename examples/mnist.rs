@@ -22,7 +22,8 @@ use natgrad_mnist::{
 #[path = "shared/cli.rs"]
 mod cli;
 use cli::{
-    checked_data, chosen_specs, device, Checks, Common, CurvatureArgs, Fisher, FisherArgs, Opt,
+    checked_data, chosen_specs, device, Checks, Common, Curvature, CurvatureArgs, Fisher,
+    FisherArgs, Opt,
 };
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -235,7 +236,12 @@ fn check(args: &Args) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let mut args = Args::parse();
-    args.curvature.resolve(args.fisher.fisher);
+    // KFAC for the sampled Fisher: the Gram solve divides the part of the gradient outside the
+    // sampled rows' span by λ alone (docs/kfac.md); the batch's coupled Fisher otherwise.
+    args.curvature.resolve(match args.fisher.fisher {
+        Fisher::Sampled => Curvature::Kfac,
+        Fisher::Empirical | Fisher::Exact => Curvature::Full,
+    });
     let data = match checked_data(check(&args), &args.common) {
         Ok(data) => data,
         Err(code) => return code,

@@ -135,3 +135,41 @@ fn bad_values_of_the_cnn_example_are_refused() {
     }
     let _ = std::fs::remove_dir_all(out);
 }
+
+/// The curvature each example picks when `--curvature` is not given: KFAC for the MLP's sampled
+/// Fisher and for the CNN, the coupled Fisher (Gram) for the MLP's empirical Fisher; an explicit
+/// `--curvature` wins. One short run each on the committed fixture.
+#[test]
+fn each_example_picks_its_default_curvature() {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mnist");
+    let out = std::env::temp_dir().join(format!("natgrad-cli-curv-{}", std::process::id()));
+    let out = out.to_str().unwrap();
+    let common = ["--optimizer", "ngd", "--epochs", "1", "--limit", "64"];
+    let mut cases = vec![
+        ("mnist", vec!["--fisher", "sampled"], "== kfac-sampled"),
+        ("mnist", vec![], "== ngd-empirical"),
+    ];
+    // The CNN on flex only (ndarray's debug-build convolution takes half a minute a step).
+    if cfg!(feature = "flex") {
+        let cnn = ["--backend", "flex", "--hidden", "8"];
+        cases.push(("mnist_cnn", cnn.to_vec(), "== kfac-empirical"));
+        let full = [&cnn[..], &["--curvature", "full"]].concat();
+        cases.push(("mnist_cnn", full, "== ngd-empirical"));
+    }
+    for (name, args, expect) in cases {
+        let run = Command::new(example(name))
+            .args(common)
+            .args(&args)
+            .args(["--data-dir", fixture, "--out", out])
+            .env_remove("MNIST_DIR")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(
+            run.status.success() && stdout.contains(expect),
+            "{name} {args:?}: expected `{expect}` in: {stdout}\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(out);
+}

@@ -119,8 +119,8 @@ pub enum Curvature {
 /// Which approximation of the Fisher the natural gradient inverts.
 #[derive(clap::Args, Debug)]
 pub struct CurvatureArgs {
-    /// Curvature of the natural gradient [default: full with the empirical or exact Fisher,
-    /// kfac with the sampled Fisher, whose rows do not span the gradient (see docs/kfac.md)].
+    /// Curvature of the natural gradient [default: kfac for the CNN, and for the MLP's sampled
+    /// Fisher, whose rows do not span the gradient; full otherwise (see README, "Results")].
     #[arg(long, value_enum)]
     pub curvature: Option<Curvature>,
     /// Decay of KFAC's moving averages of its factors, in [0, 1).
@@ -144,14 +144,10 @@ impl CurvatureArgs {
             .with_kfac_block_limit(self.kfac_block_limit)
     }
 
-    /// Fills in the default curvature for `fisher`: KFAC for the sampled Fisher (the Gram solve
-    /// divides the part of the gradient outside its sampled rows' span by λ alone), the batch's
-    /// coupled Fisher otherwise. Runs before anything reads the curvature.
-    pub fn resolve(&mut self, fisher: Fisher) {
-        self.curvature.get_or_insert(match fisher {
-            Fisher::Sampled => Curvature::Kfac,
-            Fisher::Empirical | Fisher::Exact => Curvature::Full,
-        });
+    /// Fills in `default` unless `--curvature` was given. Runs before anything reads the
+    /// curvature.
+    pub fn resolve(&mut self, default: Curvature) {
+        self.curvature.get_or_insert(default);
     }
 
     fn resolved(&self) -> Curvature {
