@@ -76,10 +76,12 @@ impl fmt::Display for NatGradError {
             NatGradError::UncapturedParameters { params } => write!(
                 f,
                 "natural gradient: these parameters have gradients but no captured per-example \
-                 factors: [{}]. Route every Linear and Conv2d layer through `Capture::linear` / \
-                 `Capture::conv2d` in the forward pass, use `per_example_classification` (exact, \
-                 slower) for other layers, freeze these parameters, or move them by the damped \
-                 gradient with `NaturalGradientConfig::with_uncovered(UncoveredPolicy::DampedGradient)`.",
+                 factors: [{}]. Use the drop-in layers of `burn_natgrad::nn` (Linear, Conv2d, \
+                 Embedding, LayerNorm, BatchNorm) or route each layer through its rule \
+                 (`Capture::linear`, `conv2d`, `embedding`, `layer_norm`, `batch_norm`) in the \
+                 forward pass, use `per_example_classification` (exact, slower) for other layers, \
+                 freeze these parameters, or move them by the damped gradient with \
+                 `NaturalGradientConfig::with_uncovered(UncoveredPolicy::DampedGradient)`.",
                 params.join(", ")
             ),
             NatGradError::MixedUse { params } => write!(
@@ -105,7 +107,11 @@ impl fmt::Display for NatGradError {
             ),
             NatGradError::NoNaturalGradient => write!(
                 f,
-                "natural gradient: `burn_natgrad::classification_step` found no NaturalGradient                  on this thread: create it with `NaturalGradientConfig::init` (or `build`) on the                  thread that trains, and keep it (or its ModuleOptimizer) alive while training"
+                "natural gradient: `burn_natgrad::classification_step` found no NaturalGradient \
+                 on this thread: create it with `NaturalGradientConfig::init` (or `build`) on the \
+                 thread that trains, and keep it (or its ModuleOptimizer) alive while training. \
+                 A Learner with several devices runs `step` on one thread per device: \
+                 multi-device training is not supported yet; train on one device"
             ),
             NatGradError::CapturedForAnother => write!(
                 f,

@@ -9,7 +9,8 @@
 //! layer (BackPACK refuses the layer; kfac-jax and K-FAC take the output gradients as they come,
 //! and so does this rule). Then:
 //!
-//! - `γ`'s and `β`'s rows are still each example's own gradient (`x̂` does not depend on them);
+//! - `γ`'s and `β`'s rows are still each example's own gradient (`x̂` does not depend on them),
+//!   unless another BatchNorm in training mode follows;
 //! - a layer before it gets, in its rows, each example's share of the batch gradient, which
 //!   includes the coupling through the statistics; the rows still sum to the exact gradient;
 //! - the copies of the sampled and exact Fisher ([`Capture::stacked`]) are normalised by the
