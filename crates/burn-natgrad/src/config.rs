@@ -11,7 +11,7 @@ use crate::optimizer::NaturalGradient;
 use crate::solver::SolverKind;
 
 /// What the optimizer does with a trainable parameter that has a gradient but no per-example
-/// factors: a parameter of a layer no rule covers (e.g. a GroupNorm), or one the forward pass
+/// factors: a parameter of a layer no rule covers (e.g. a PReLU's), or one the forward pass
 /// did not route through the [`Capture`](crate::Capture) (a Burn layer called directly).
 #[derive(Config, Debug, PartialEq, Copy)]
 pub enum UncoveredPolicy {

@@ -77,9 +77,9 @@ impl fmt::Display for NatGradError {
                 f,
                 "natural gradient: these parameters have gradients but no captured per-example \
                  factors: [{}]. Use the drop-in layers of `burn_natgrad::nn` (Linear, Conv2d, \
-                 Embedding, LayerNorm, BatchNorm) or route each layer through its rule \
-                 (`Capture::linear`, `conv2d`, `embedding`, `layer_norm`, `batch_norm`) in the \
-                 forward pass, use `per_example_classification` (exact, slower) for other layers, \
+                 Embedding, LayerNorm, BatchNorm, GroupNorm, RmsNorm) or route each layer \
+                 through its rule (`Capture::linear`, `conv2d`, `embedding`, `layer_norm`, \
+                 `batch_norm`, `group_norm`, `rms_norm`) in the forward pass, use `per_example_classification` (exact, slower) for other layers, \
                  freeze these parameters, or move them by the damped gradient with \
                  `NaturalGradientConfig::with_uncovered(UncoveredPolicy::DampedGradient)`.",
                 params.join(", ")

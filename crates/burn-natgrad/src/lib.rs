@@ -6,10 +6,11 @@
 //! space rather than parameter space (Amari, "Natural Gradient Works Efficiently in Learning",
 //! 1998). This crate:
 //!
-//! * captures **per-example gradient factors** of Linear, Conv2d, Embedding, LayerNorm and
-//!   BatchNorm layers in one batch backward pass ([`Capture`], one rule per layer kind), with an
-//!   exact per-example loop for any other model ([`per_example_classification`]), and an
-//!   explicit policy for parameters no rule covers ([`UncoveredPolicy`]);
+//! * captures **per-example gradient factors** of Linear, Conv2d, Embedding, LayerNorm,
+//!   BatchNorm, GroupNorm and RmsNorm layers in one batch backward pass ([`Capture`], one rule
+//!   per layer kind), with an exact per-example loop for any other model
+//!   ([`per_example_classification`]), and an explicit policy for parameters no rule covers
+//!   ([`UncoveredPolicy`]);
 //! * forms the **empirical** or **model-sampled** Fisher ([`FisherKind`]), coupled across all
 //!   parameters or block-diagonal per layer, without ever materialising `N × P` or `P × P`,
 //!   on the whole batch or on a curvature batch of its first `m` examples

@@ -15,7 +15,7 @@ mod norm_embedding;
 
 pub use conv2d::Conv2d;
 pub use linear::Linear;
-pub use norm_embedding::{BatchNorm, Embedding, LayerNorm};
+pub use norm_embedding::{BatchNorm, Embedding, GroupNorm, LayerNorm, RmsNorm};
 
 /// Implements `Module`, `ModuleDisplay` and `From` for a drop-in wrapper `$name { inner: $inner }`
 /// by delegating to the wrapped layer, so that its parameters keep their names and record.

@@ -1,5 +1,7 @@
-//! Burn's [`Embedding`](burn::nn::Embedding), [`LayerNorm`](burn::nn::LayerNorm) and
-//! [`BatchNorm`](burn::nn::BatchNorm), recording into the active capture.
+//! Burn's [`Embedding`](burn::nn::Embedding) and normalisation layers
+//! ([`LayerNorm`](burn::nn::LayerNorm), [`BatchNorm`](burn::nn::BatchNorm),
+//! [`GroupNorm`](burn::nn::GroupNorm), [`RmsNorm`](burn::nn::RmsNorm)), recording into the
+//! active capture.
 
 use burn::tensor::{Int, Tensor};
 
@@ -28,46 +30,38 @@ impl Embedding {
     }
 }
 
-/// Burn's [`LayerNorm`](burn::nn::LayerNorm) (same parameters, names and record) whose forward
-/// pass records into the active [`Capture`](crate::Capture), through
-/// [`Capture::layer_norm`](crate::Capture::layer_norm), inside
-/// [`Capture::scope`](crate::Capture::scope).
-#[derive(Clone, Debug)]
-pub struct LayerNorm {
-    /// The Burn layer.
-    pub inner: burn::nn::LayerNorm,
+/// A drop-in normalisation layer `$name` (Burn's `burn::nn::$name`, same parameters, running
+/// statistics, names and record) whose `forward` records through `Capture::$rule`.
+macro_rules! norm_drop_in {
+    ($name:ident, $rule:ident) => {
+        #[doc = concat!(
+                    "Burn's [`", stringify!($name), "`](burn::nn::", stringify!($name), ") (same ",
+                    "parameters, names and record) whose forward pass records into the active ",
+                    "[`Capture`](crate::Capture), through [`Capture::", stringify!($rule),
+                    "`](crate::Capture::", stringify!($rule), "), inside ",
+                    "[`Capture::scope`](crate::Capture::scope)."
+                )]
+        #[derive(Clone, Debug)]
+        pub struct $name {
+            /// The Burn layer.
+            pub inner: burn::nn::$name,
+        }
+
+        delegate_module!($name, burn::nn::$name);
+
+        impl $name {
+            /// `inner.forward(input)`, recorded into the active capture if there is one.
+            pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+                with_active(|capture| match capture {
+                    Some(capture) => capture.$rule(&self.inner, input),
+                    None => self.inner.forward(input),
+                })
+            }
+        }
+    };
 }
 
-delegate_module!(LayerNorm, burn::nn::LayerNorm);
-
-impl LayerNorm {
-    /// `inner.forward(input)`, recorded into the active capture if there is one.
-    pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
-        with_active(|capture| match capture {
-            Some(capture) => capture.layer_norm(&self.inner, input),
-            None => self.inner.forward(input),
-        })
-    }
-}
-
-/// Burn's [`BatchNorm`](burn::nn::BatchNorm) (same parameters, running statistics, names and
-/// record) whose forward pass records into the active [`Capture`](crate::Capture), through
-/// [`Capture::batch_norm`](crate::Capture::batch_norm), inside
-/// [`Capture::scope`](crate::Capture::scope).
-#[derive(Clone, Debug)]
-pub struct BatchNorm {
-    /// The Burn layer.
-    pub inner: burn::nn::BatchNorm,
-}
-
-delegate_module!(BatchNorm, burn::nn::BatchNorm);
-
-impl BatchNorm {
-    /// `inner.forward(input)`, recorded into the active capture if there is one.
-    pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
-        with_active(|capture| match capture {
-            Some(capture) => capture.batch_norm(&self.inner, input),
-            None => self.inner.forward(input),
-        })
-    }
-}
+norm_drop_in!(LayerNorm, layer_norm);
+norm_drop_in!(BatchNorm, batch_norm);
+norm_drop_in!(GroupNorm, group_norm);
+norm_drop_in!(RmsNorm, rms_norm);

@@ -22,8 +22,8 @@ use burn::nn::BatchNorm;
 use burn::tensor::module::{batch_norm, batch_norm_train};
 use burn::tensor::Tensor;
 
-use super::scale_shift::ScaleShiftUse;
-use super::{constant, probe, require_autodiff, Recorded};
+use super::scale_shift::{scale_shift, Features};
+use super::{constant, require_autodiff};
 use crate::capture::Capture;
 
 impl Capture {
@@ -39,23 +39,13 @@ impl Capture {
         if !self.enabled {
             return layer.forward(input);
         }
-        assert!(
-            D >= 2,
-            "Capture::batch_norm needs an example and a channel dimension"
-        );
+        assert!(D >= 2, "Capture::batch_norm needs examples and channels");
         require_autodiff(&input, "batch_norm");
-        let gamma = layer
-            .gamma
-            .val()
-            .is_require_grad()
-            .then_some(layer.gamma.id);
-        let beta = layer.beta.val().is_require_grad().then_some(layer.beta.id);
-        if gamma.is_none() && beta.is_none() {
+        if !layer.gamma.val().is_require_grad() && !layer.beta.val().is_require_grad() {
             return layer.forward(input);
         }
         let dims = input.dims();
         let (rows, c) = (dims[0], dims[1]);
-        let t: usize = dims[2..].iter().product();
         let device = input.device();
         let (ones, zeros) = (Tensor::ones([c], &device), Tensor::zeros([c], &device));
         let normalised = if layer.training.is_enabled() {
@@ -94,18 +84,12 @@ impl Capture {
             let var = layer.running_var.value().to_device(&device);
             batch_norm(input, ones, zeros, mean, var, layer.epsilon)
         };
-        let mut channels = [1; D];
-        channels[1] = c;
-        let output = normalised.clone() * constant(layer.gamma.val()).reshape(channels)
-            + constant(layer.beta.val()).reshape(channels);
-        let probe = probe([rows, t, c], &device);
-        let output = output + probe.clone().swap_dims(1, 2).reshape(dims);
-        self.records.push(Recorded::ScaleShift(ScaleShiftUse {
-            gamma,
-            beta,
-            normalised: normalised.inner().reshape([rows, c, t]).swap_dims(1, 2),
-            probe,
-        }));
-        output
+        scale_shift(
+            self,
+            normalised,
+            Some(&layer.gamma),
+            Some(&layer.beta),
+            Features::Channels,
+        )
     }
 }

@@ -8,8 +8,8 @@ use burn::module::Param;
 use burn::nn::LayerNorm;
 use burn::tensor::Tensor;
 
-use super::scale_shift::ScaleShiftUse;
-use super::{constant, probe, require_autodiff, trainable, Recorded};
+use super::scale_shift::{scale_shift, Features};
+use super::{require_autodiff, trainable};
 use crate::capture::Capture;
 
 impl Capture {
@@ -30,27 +30,18 @@ impl Capture {
         if gamma.is_none() && beta.is_none() {
             return layer.forward(input);
         }
-        let dims = input.dims();
-        let (n, d) = (dims[0], dims[D - 1]);
-        let t: usize = dims[1..D - 1].iter().product();
         // The layer's own normalisation, with γ = 1 and no β: x̂ with the layer's ε.
         let mut normaliser = layer.clone();
         normaliser.gamma =
             Param::from_tensor(layer.gamma.val().ones_like().detach()).set_require_grad(false);
         normaliser.beta = None;
         let normalised = normaliser.forward(input);
-        let mut output = normalised.clone() * constant(layer.gamma.val()).unsqueeze();
-        if let Some(b) = &layer.beta {
-            output = output + constant(b.val()).unsqueeze();
-        }
-        let probe = probe([n, t, d], &output.device());
-        let output = output + probe.clone().reshape(dims);
-        self.records.push(Recorded::ScaleShift(ScaleShiftUse {
-            gamma,
-            beta,
-            normalised: normalised.inner().reshape([n, t, d]),
-            probe,
-        }));
-        output
+        scale_shift(
+            self,
+            normalised,
+            Some(&layer.gamma),
+            layer.beta.as_ref(),
+            Features::Last,
+        )
     }
 }

@@ -13,9 +13,9 @@
 //!    shape read row-major as `[shape[0], rest]`: factors for Linear's `[in, out]` weight,
 //!    explicit per-example rows for a convolution's `[out, in/groups, kh, kw]` (cheaper than its
 //!    `(N·T)²` Gram; for KFAC beyond its block limit, its two factors, output gradients
-//!    first: KFC) and for
-//!    LayerNorm's and BatchNorm's `γ`, `β`, ids and output gradients for an embedding table (its one-hot input
-//!    never formed), a bias's `Σ_t output_gradₙₜ`.
+//!    first: KFC) and for the norms' `γ`, `β` (LayerNorm, BatchNorm, GroupNorm, RmsNorm), ids
+//!    and output gradients for an embedding table (its one-hot input never formed), a bias's
+//!    `Σ_t output_gradₙₜ`.
 //!
 //! The Gram, projection and back-projection algebra is shared ([`factors`](crate::factors));
 //! solvers see blocks, never layers. Adding a layer kind is one file here plus its test
@@ -24,8 +24,10 @@
 pub(crate) mod batch_norm;
 pub(crate) mod conv2d;
 pub(crate) mod embedding;
+pub(crate) mod group_norm;
 pub(crate) mod layer_norm;
 pub(crate) mod linear;
+pub(crate) mod rms_norm;
 pub(crate) mod scale_shift;
 
 use burn::module::{Param, ParamId};
@@ -80,7 +82,7 @@ pub(crate) enum Recorded {
     Conv2d(conv2d::Conv2dUse),
     /// An embedding table.
     Embedding(embedding::EmbeddingUse),
-    /// A LayerNorm or BatchNorm: a scale and shift of a normalised input.
+    /// A LayerNorm, BatchNorm, GroupNorm or RmsNorm: a scale (and shift) of a normalised input.
     ScaleShift(scale_shift::ScaleShiftUse),
 }
 

@@ -13,6 +13,7 @@ mod errors;
 mod kfac;
 mod learner;
 mod misuse;
+mod norms;
 mod parameters;
 mod per_example;
 mod plugin;
