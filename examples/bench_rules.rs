@@ -1,6 +1,7 @@
 //! Benchmark of the layer rules and of the guide CNN: for each rule, its factor pass (forward
 //! inside a capture, backward, factors) against a plain forward + backward of the same layer;
-//! for Burn's guide CNN (batch 64), the natural-gradient step against SGD's and Adam's. Ratios
+//! for Burn's guide CNN (batch 64), the natural-gradient steps (the Gram solve, KFAC) against
+//! SGD's and Adam's. Ratios
 //! are measured in one run, methods interleaved in rounds (medians over all steps), on a CPU
 //! backend (eager: every operation has run when it returns). Writes
 //! `target/bench/rules.csv`.
@@ -15,10 +16,12 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::{EmbeddingConfig, LayerNormConfig, LinearConfig};
+use burn::nn::{
+    BatchNormConfig, EmbeddingConfig, GroupNormConfig, LayerNormConfig, LinearConfig, RmsNormConfig,
+};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, Distribution, Int, Tensor};
-use burn_natgrad::{nn, Capture, NaturalGradientConfig};
+use burn_natgrad::{nn, Capture, CurvatureKind, NaturalGradientConfig};
 use clap::Parser;
 use natgrad_mnist::GuideCnn;
 
@@ -48,6 +51,9 @@ enum Layer {
     Conv2d(nn::Conv2d),
     Embedding(nn::Embedding),
     LayerNorm(nn::LayerNorm),
+    BatchNorm(nn::BatchNorm),
+    GroupNorm(nn::GroupNorm),
+    RmsNorm(nn::RmsNorm),
 }
 
 fn layers(device: &Device, n: usize) -> Vec<(&'static str, Layer, Tensor<4>)> {
@@ -74,6 +80,21 @@ fn layers(device: &Device, n: usize) -> Vec<(&'static str, Layer, Tensor<4>)> {
             Layer::LayerNorm(LayerNormConfig::new(512).init(device).into()),
             Tensor::random([n, 1, 16, 512], normal, device),
         ),
+        (
+            "batch_norm 8 on 26×26 (training mode)",
+            Layer::BatchNorm(BatchNormConfig::new(8).init(device).into()),
+            Tensor::random([n, 8, 26, 26], normal, device),
+        ),
+        (
+            "group_norm 2 groups of 4 on 26×26",
+            Layer::GroupNorm(GroupNormConfig::new(2, 8).init(device).into()),
+            Tensor::random([n, 8, 26, 26], normal, device),
+        ),
+        (
+            "rms_norm 512 on 16×512",
+            Layer::RmsNorm(RmsNormConfig::new(512).init(device).into()),
+            Tensor::random([n, 1, 16, 512], normal, device),
+        ),
     ]
 }
 
@@ -89,6 +110,9 @@ impl Layer {
                 l.forward(ids).square().mean()
             }
             Layer::LayerNorm(l) => l.forward(x.reshape([n, a * b, c])).square().mean(),
+            Layer::BatchNorm(l) => l.forward(x).square().mean(),
+            Layer::GroupNorm(l) => l.forward(x).square().mean(),
+            Layer::RmsNorm(l) => l.forward(x.reshape([n, a * b, c])).square().mean(),
         }
     }
 }
@@ -147,11 +171,24 @@ fn main() {
     let n = 64;
     let x = Tensor::<2>::random([n, 784], Distribution::Uniform(0.0, 1.0), &device);
     let y = Tensor::<1>::random([n], Distribution::Uniform(0.0, 9.99), &device).int();
-    let mut runs: Vec<(&str, Vec<f64>)> = vec![("sgd", vec![]), ("adam", vec![]), ("ngd", vec![])];
+    let mut runs: Vec<(&str, Vec<f64>)> = vec![
+        ("sgd", vec![]),
+        ("adam", vec![]),
+        ("ngd", vec![]),
+        ("kfac", vec![]),
+    ];
     for _ in 0..args.rounds {
         for (method, times) in runs.iter_mut() {
             let mut model = GuideCnn::new(512, 0.5, false, 1, &device);
-            let ng = NaturalGradientConfig::new().with_damping(5.0).build();
+            let ng = match *method {
+                // The CNN example's default; inverses every 10 steps: the median step does not
+                // invert.
+                "kfac" => NaturalGradientConfig::new()
+                    .with_curvature(CurvatureKind::kfac())
+                    .with_damping(0.5),
+                _ => NaturalGradientConfig::new().with_damping(5.0),
+            }
+            .build();
             let mut optim: ModuleOptimizer = match *method {
                 "sgd" => SgdConfig::new().init(),
                 "adam" => AdamConfig::new().init(),
@@ -159,7 +196,7 @@ fn main() {
             };
             times.extend(time(args.steps, || {
                 let m = model.clone();
-                model = if *method == "ngd" {
+                model = if matches!(*method, "ngd" | "kfac") {
                     let out = ng.train_step(&m, x.clone(), y.clone(), |x| m.forward(x));
                     ng.step(&mut optim, 0.1, m.clone(), out.grads)
                 } else {
