@@ -1,5 +1,6 @@
-//! The factors LayerNorm and BatchNorm share: a per-feature scale and shift, `y = x̂ ⊙ γ + β`,
-//! of a normalised input `x̂` (kfac-jax's `ScaleAndShift` curvature block).
+//! The factors the normalisation rules share (LayerNorm, BatchNorm, GroupNorm, RmsNorm): a
+//! per-feature scale and shift, `y = x̂ ⊙ γ + β`, of a normalised input `x̂` (kfac-jax's
+//! `ScaleAndShift` curvature block).
 //!
 //! Factors: `x̂` and the probe's gradient `Δ`, both `[N, T, d]` (`d` the normalised features,
 //! `T` the positions sharing `γ` and `β`); the per-example gradients are `Σ_t x̂ₙₜ ⊙ Δₙₜ` for `γ`
