@@ -1,10 +1,12 @@
-"""The tables of docs/batch-norm.md from this folder's seeds.csv and evals.csv (made from the
-five runs of `mnist_cnn --batch-norm`): `python3 docs/batch-norm/summary.py`."""
+"""The tables of docs/batch-norm.md from the seeds.csv and evals.csv of a folder (made from the
+five runs of `mnist_cnn --batch-norm`): `python3 docs/batch-norm/summary.py [FOLDER]`, this
+script's folder (the last iterate) by default, `docs/batch-norm/averaged` for `--average 0.99`."""
 import csv
 import os
 import statistics as st
+import sys
 
-here = os.path.dirname(os.path.abspath(__file__))
+here = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
 rows = list(csv.DictReader(open(os.path.join(here, "seeds.csv"))))
 evals = {}
 for r in csv.DictReader(open(os.path.join(here, "evals.csv"))):
