@@ -224,7 +224,8 @@ impl NaturalGradient {
                     .into(),
             ));
         }
-        let data_targets = loss.as_ref().map(|_| targets.clone());
+        // The model's own loss needs the data labels, which `labels_for` consumes.
+        let user_loss = loss.map(|loss| (loss, targets.clone()));
         let labels = labels_for(kind, &logits, targets, m, self.config.seed);
         let per_row = cross_entropy_rows(logits.clone(), labels);
         let weighted = match row_weights(kind, &logits, n, m) {
@@ -233,8 +234,8 @@ impl NaturalGradient {
         };
         // The mean loss over the data rows, plus the Fisher rows' (the sampled or exact
         // Fisher's copies) on the same 1/N scale.
-        let (data_loss, objective) = match (loss, data_targets) {
-            (Some(loss), Some(targets)) => {
+        let (data_loss, objective) = match user_loss {
+            Some((loss, targets)) => {
                 let user = loss(logits.clone().slice(0..n), targets);
                 if user.dims() != [1] {
                     return Err(NatGradError::InvalidInput(format!(
@@ -249,7 +250,7 @@ impl NaturalGradient {
                 };
                 (user.inner(), objective)
             }
-            _ => (
+            None => (
                 weighted.clone().slice(0..n).mean().inner(),
                 weighted.sum().div_scalar(n as f64),
             ),

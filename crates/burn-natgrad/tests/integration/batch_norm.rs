@@ -153,17 +153,6 @@ fn looped(
     Factors::from_grads(model, &out.grads).unwrap()
 }
 
-/// The Fisher `UᵀU` of the blocks at `paths` (rows in any order: the loop's come example by
-/// example, the capture's copy by copy).
-fn fisher_of(f: &Factors, paths: &[&str]) -> Vec<f64> {
-    let blocks: Vec<&Block> = paths
-        .iter()
-        .map(|path| f.blocks.iter().find(|b| b.path == *path).expect(path))
-        .collect();
-    let u = burn_natgrad::testing::dense_rows(&blocks);
-    host(u.clone().transpose().matmul(u))
-}
-
 fn assert_fisher_match(a: &Factors, b: &Factors, paths: &[&str], what: &str) {
     let err = rel_err(&fisher_of(a, paths), &fisher_of(b, paths));
     assert!(err <= 1e-5, "{what} {paths:?}: Fisher rel err {err:e}");

@@ -368,3 +368,14 @@ pub fn assert_solvers_match_dense<M: Module>(
         assert!(err <= 1e-4, "{what} {fisher:?} {solver:?}: rel err {err:e}");
     }
 }
+
+/// The Fisher `UᵀU` of the blocks at `paths` (their rows in any order: the per-example loop's
+/// come example by example, a capture's stacked copies copy by copy).
+pub fn fisher_of(f: &burn_natgrad::testing::Factors, paths: &[&str]) -> Vec<f64> {
+    let blocks: Vec<&burn_natgrad::testing::Block> = paths
+        .iter()
+        .map(|path| f.blocks.iter().find(|b| b.path == *path).expect(path))
+        .collect();
+    let u = burn_natgrad::testing::dense_rows(&blocks);
+    host(u.clone().transpose().matmul(u))
+}
