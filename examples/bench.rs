@@ -2,9 +2,12 @@
 //! and sampled Fisher), the per-example factor pass and a plain forward+backward, on MLPs
 //! 784-128-10, 784-512-512-10 and 784-1024-1024-10 at batch 128, 256 and 512, on every CPU
 //! backend compiled in (and wgpu with `--wgpu`; `--quick`: MLP-128 at batch 128 only;
-//! `--methods a,b`: those methods and SGD only). Ratios are to SGD measured in the same run.
+//! `--methods a,b`: those methods and SGD only; `--models a,b`: those models only). Ratios are to SGD measured in the same run.
 //! Writes `target/bench/results.csv`. The `-cb32` methods estimate the Fisher on a curvature
-//! batch of 32 examples (`NaturalGradientConfig::curvature_batch`).
+//! batch of 32 examples (`NaturalGradientConfig::curvature_batch`). The `kfac-empirical-fK`
+//! methods update KFAC's factors every `K` steps (`NaturalGradientConfig::kfac_factor_period`)
+//! and run 50 measured steps per child, so that their mean step (also printed, next to the
+//! median) amortises the factor updates and inverses.
 //!
 //! ```text
 //! cargo run --release --features flex --example bench
@@ -28,7 +31,7 @@ use burn_natgrad::{
     Capture, CurvatureKind, FisherKind, NaturalGradient, NaturalGradientConfig, SolverKind,
 };
 
-const METHODS: [&str; 14] = [
+const METHODS: [&str; 16] = [
     "sgd",
     "adam",
     "ngd-empirical-gram",
@@ -41,6 +44,8 @@ const METHODS: [&str; 14] = [
     "kfac-empirical",
     "kfac-sampled-1",
     "kfac-empirical-inv1",
+    "kfac-empirical-f5",
+    "kfac-empirical-f10",
     "factors",
     "forward-backward",
 ];
@@ -115,6 +120,20 @@ fn natgrad(method: &str) -> Option<NaturalGradient> {
             decay: 0.95,
             inverse_period: 1,
         }),
+        // Factors every 5 steps, inverses every 10 (as `kfac-empirical`); factors every 10,
+        // inverses every 50. The steps in between reuse the inverses on a plain backward pass.
+        "kfac-empirical-f5" => c
+            .with_curvature(CurvatureKind::Kfac {
+                decay: 0.95,
+                inverse_period: 2,
+            })
+            .with_kfac_factor_period(5),
+        "kfac-empirical-f10" => c
+            .with_curvature(CurvatureKind::Kfac {
+                decay: 0.95,
+                inverse_period: 5,
+            })
+            .with_kfac_factor_period(10),
         _ => return None,
     };
     Some(c.build())
@@ -217,8 +236,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-const USAGE: &str = "usage: bench [--quick] [--wgpu] [--methods a,b,...]
+const USAGE: &str = "usage: bench [--quick] [--wgpu] [--methods a,b,...] [--models a,b,...]
   --quick        MLP-128 at batch 128 only
+  --models a,b   only these models (mlp-128, mlp-512, mlp-1024)
   --wgpu         add the wgpu backend (needs the `wgpu` feature)
   --methods a,b  only these methods (and SGD, the reference)";
 
@@ -232,7 +252,7 @@ fn check_args(args: &[String]) {
                 std::process::exit(2);
             }
             "--quick" | "--wgpu" => {}
-            "--methods" if i + 1 < args.len() => i += 1,
+            "--methods" | "--models" if i + 1 < args.len() => i += 1,
             "-h" | "--help" => {
                 println!("{USAGE}\nmethods: {}", METHODS.join(", "));
                 std::process::exit(0);
@@ -258,7 +278,13 @@ fn main() {
             );
             std::process::exit(2);
         }
-        let steps = args[6].parse().expect("steps");
+        let steps: usize = args[6].parse().expect("steps");
+        // A factor period's mean step needs whole periods of factor updates and inverses.
+        let steps = if args[5].starts_with("kfac-empirical-f") {
+            steps.max(50)
+        } else {
+            steps
+        };
         child(
             &args[2],
             &args[3],
@@ -279,11 +305,26 @@ fn main() {
         backends.push("wgpu");
     }
     let quick = args.iter().any(|a| a == "--quick");
-    let models: &[&str] = if quick {
-        &["mlp-128"]
+    let wanted_models: Option<Vec<&str>> = args
+        .iter()
+        .position(|a| a == "--models")
+        .map(|i| args.get(i + 1).expect("--models a,b").split(',').collect());
+    let models: Vec<&str> = if quick {
+        vec!["mlp-128"]
     } else {
-        &["mlp-128", "mlp-512", "mlp-1024"]
+        ["mlp-128", "mlp-512", "mlp-1024"]
+            .into_iter()
+            .filter(|m| wanted_models.as_ref().is_none_or(|w| w.contains(m)))
+            .collect()
     };
+    if let Some(w) = &wanted_models {
+        for m in w {
+            assert!(
+                models.contains(m),
+                "unknown model {m}; known: mlp-128, mlp-512, mlp-1024"
+            );
+        }
+    }
     let batches: &[usize] = if quick { &[128] } else { &[128, 256, 512] };
     let methods: Vec<&str> = match args.iter().position(|a| a == "--methods") {
         Some(i) => {
@@ -303,11 +344,15 @@ fn main() {
         None => METHODS.to_vec(),
     };
     let exe = std::env::current_exe().expect("current exe");
-    let mut csv = String::from("backend,model,batch,method,median_ms,ratio_vs_sgd,peak_mb\n");
-    println!("| backend | model | batch | method | median ms | × SGD | peak MB | × SGD |");
-    println!("|---|---|---|---|---|---|---|---|");
+    let mut csv = String::from(
+        "backend,model,batch,method,median_ms,ratio_vs_sgd,peak_mb,mean_ms,mean_ratio_vs_sgd\n",
+    );
+    println!(
+        "| backend | model | batch | method | median ms | × SGD | mean ms | × SGD | peak MB | × SGD |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for backend in &backends {
-        for model in models {
+        for model in &models {
             for &batch in batches {
                 // Measured steps per child (after 3 warm-up steps), ROUNDS children per method.
                 let steps = if *model != "mlp-128" && batch == 512 {
@@ -353,19 +398,25 @@ fn main() {
                         times[i].extend(values);
                     }
                 }
+                let means: Vec<f64> = times
+                    .iter()
+                    .map(|t| t.iter().sum::<f64>() / t.len() as f64)
+                    .collect();
                 let medians: Vec<f64> = times.into_iter().map(median).collect();
-                let (sgd_ms, sgd_mb) = (medians[0], peaks[0]);
+                let (sgd_ms, sgd_mean, sgd_mb) = (medians[0], means[0], peaks[0]);
                 for (i, method) in methods.iter().enumerate() {
-                    let (ms, mb) = (medians[i], peaks[i]);
+                    let (ms, mean, mb) = (medians[i], means[i], peaks[i]);
                     println!(
-                        "| {backend} | {model} | {batch} | {method} | {ms:.2} | {:.2} | {mb:.1} | {:.2} |",
+                        "| {backend} | {model} | {batch} | {method} | {ms:.2} | {:.2} | {mean:.2} | {:.2} | {mb:.1} | {:.2} |",
                         ms / sgd_ms,
+                        mean / sgd_mean,
                         mb / sgd_mb
                     );
                     let _ = writeln!(
                         csv,
-                        "{backend},{model},{batch},{method},{ms:.3},{:.3},{mb:.1}",
-                        ms / sgd_ms
+                        "{backend},{model},{batch},{method},{ms:.3},{:.3},{mb:.1},{mean:.3},{:.3}",
+                        ms / sgd_ms,
+                        mean / sgd_mean
                     );
                 }
             }

@@ -193,6 +193,18 @@ fn rewrite_raw(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<u8>)) {
     std::fs::write(dir.join(name), bytes).unwrap();
 }
 
+/// The mean loss of the last five steps is below 0.8× that of the first five, and no step was
+/// skipped.
+fn assert_trains(r: &natgrad_mnist::RunResult) {
+    let first: f64 = r.step_losses[..5].iter().sum::<f64>() / 5.0;
+    let last: f64 = r.step_losses[25..].iter().sum::<f64>() / 5.0;
+    assert!(
+        last < 0.8 * first,
+        "loss did not fall ({first:.3} -> {last:.3})"
+    );
+    assert_eq!(r.skipped_steps, 0);
+}
+
 /// KFAC and the adaptive damping through the Learner on the fixture: the loss falls, no step
 /// is skipped, and the damping moved (the `TrainStep` hands the loss after each due step over).
 #[test]
@@ -211,18 +223,39 @@ fn kfac_with_adaptive_damping_trains_through_the_learner() {
     let out = std::env::temp_dir().join(format!("natgrad-mnist-kfac-{}", std::process::id()));
     let r = run(&spec, &data, &options, &out);
     assert_eq!(spec.name(), "kfac-empirical");
-    let first: f64 = r.step_losses[..5].iter().sum::<f64>() / 5.0;
-    let last: f64 = r.step_losses[25..].iter().sum::<f64>() / 5.0;
-    assert!(
-        last < 0.8 * first,
-        "loss did not fall ({first:.3} -> {last:.3})"
-    );
-    assert_eq!(r.skipped_steps, 0);
+    assert_trains(&r);
     let damping = r.final_damping.expect("a natural gradient");
     assert!(
         (damping - 0.03).abs() > 1e-6,
         "the damping never moved: {damping}"
     );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// KFAC with factors every third step through the Learner on the fixture: two steps of three
+/// reuse the factors (their plain gradients travel through the Learner's `optimize` with their
+/// marker), the loss falls, and no step is skipped.
+#[test]
+fn kfac_with_a_factor_period_trains_through_the_learner() {
+    let data = MnistData::from_dir(&fixture())
+        .unwrap()
+        .limit_train(Some(1920));
+    let spec = OptimizerSpec::Ngd {
+        config: NaturalGradientConfig::new()
+            .with_curvature(CurvatureKind::kfac())
+            .with_damping(0.03)
+            .with_kfac_factor_period(3),
+        lr: 0.1,
+    };
+    let out = std::env::temp_dir().join(format!("natgrad-mnist-tcov-{}", std::process::id()));
+    let r = run(&spec, &data, &options(), &out);
+    let steps = r.step_losses.len() as u64;
+    assert_eq!(
+        r.reused_steps,
+        steps - steps.div_ceil(3),
+        "two steps of three reuse"
+    );
+    assert_trains(&r);
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -1,6 +1,7 @@
 """The tables of docs/batch-norm.md from the seeds.csv and evals.csv of a folder (made from the
 five runs of `mnist_cnn --batch-norm`): `python3 docs/batch-norm/summary.py [FOLDER]`, this
-script's folder (the last iterate) by default, `docs/batch-norm/averaged` for `--average 0.99`."""
+script's folder (the last iterate) by default, `docs/batch-norm/averaged` for `--average 0.99`,
+`docs/batch-norm/factor-period` for KFAC with `--kfac-factor-period 10`."""
 import csv
 import os
 import statistics as st
@@ -38,3 +39,12 @@ for s in seeds:
         t = next((t for t, a in k if a >= a_final), None)
         row += [f"{100 * a_final:.2f}%", f"{t_final:.1f} s", "never" if t is None else f"{t:.1f} s"]
     print("| " + " | ".join(row) + " |")
+print()
+print("| seed | two epochs' training seconds: KFAC / Adam / SGD | KFAC's mean step / SGD's | Adam's / SGD's |")
+print("|---|---|---|---|")
+for s in seeds:
+    t = {o: evals[(s, o)][-1][0] for o in ["kfac-empirical", "adam", "sgd"]}
+    print(
+        f"| {s} | {t['kfac-empirical']:.1f} / {t['adam']:.1f} / {t['sgd']:.1f} s "
+        f"| {t['kfac-empirical'] / t['sgd']:.2f}× | {t['adam'] / t['sgd']:.2f}× |"
+    )

@@ -126,9 +126,13 @@ pub struct CurvatureArgs {
     /// Decay of KFAC's moving averages of its factors, in [0, 1).
     #[arg(long, default_value_t = 0.95)]
     pub kfac_decay: f64,
-    /// Steps between KFAC's factor inversions.
+    /// KFAC's factor updates between its inversions (steps, with --kfac-factor-period 1).
     #[arg(long, default_value_t = 10)]
     pub kfac_inverse_period: usize,
+    /// Steps between KFAC's factor updates; the steps in between run a plain backward pass
+    /// and reuse the inverses in force (KFAC-PyTorch's TCov).
+    #[arg(long, default_value_t = 1)]
+    pub kfac_factor_period: usize,
     /// KFAC: explicit per-example rows (a convolution, LayerNorm) of at most this many entries
     /// get their exact block; a larger one-group convolution its Kronecker factors (KFC), 0:
     /// every one-group convolution.
@@ -142,6 +146,7 @@ impl CurvatureArgs {
         config
             .with_curvature(self.kind())
             .with_kfac_block_limit(self.kfac_block_limit)
+            .with_kfac_factor_period(self.kfac_factor_period)
     }
 
     /// Fills in `default` unless `--curvature` was given. Runs before anything reads the
@@ -170,6 +175,7 @@ impl CurvatureArgs {
     pub fn check(&self, checks: &mut Checks) {
         checks
             .at_least_one("kfac-inverse-period", self.kfac_inverse_period)
+            .at_least_one("kfac-factor-period", self.kfac_factor_period)
             .fraction("kfac-decay", self.kfac_decay);
     }
 

@@ -41,6 +41,10 @@ pub struct Capture {
     /// its Kronecker factors (KFC) instead of materialising its per-example gradients. Set by
     /// the classification step from the configuration.
     pub(crate) kronecker: Option<usize>,
+    /// A disabled capture for a step that reuses KFAC's factors (see
+    /// [`kfac_factor_period`](crate::NaturalGradientConfig::kfac_factor_period)): the
+    /// classification step then takes the plain gradient.
+    pub(crate) reuse: bool,
 }
 
 /// The sampled Fisher's stacked batch: the `batch` examples, then `samples` copies of the first
@@ -141,6 +145,7 @@ impl Capture {
             enabled: true,
             stack: None,
             kronecker: None,
+            reuse: false,
         }
     }
 
@@ -151,7 +156,24 @@ impl Capture {
             enabled: false,
             stack: None,
             kronecker: None,
+            reuse: false,
         }
+    }
+
+    /// The disabled capture of a step that reuses KFAC's factors.
+    pub(crate) fn reusing() -> Self {
+        Self {
+            reuse: true,
+            ..Self::disabled()
+        }
+    }
+
+    /// Whether this is the capture of a step that reuses KFAC's factors instead of recording
+    /// (see [`kfac_factor_period`](crate::NaturalGradientConfig::kfac_factor_period)): the
+    /// forward pass then runs the plain layers, and the classification step takes the plain
+    /// gradient.
+    pub fn reuses_factors(&self) -> bool {
+        self.reuse
     }
 
     /// A capture for a forward pass on a batch of `batch` examples followed by `samples` copies

@@ -48,6 +48,26 @@ impl NaturalGradientOutput {
     }
 }
 
+/// The model's own training loss, `loss(logits, targets)` on the data rows (see
+/// [`NaturalGradient::train_step_with_loss`]).
+pub(crate) type UserLoss<'a> = Box<dyn FnOnce(Tensor<2>, Tensor<1, Int>) -> Tensor<1> + 'a>;
+
+/// The user's loss on the data rows, refused unless it is the batch mean (`[1]`).
+pub(crate) fn user_loss(
+    loss: UserLoss<'_>,
+    logits: Tensor<2>,
+    targets: Tensor<1, Int>,
+) -> Result<Tensor<1>, NatGradError> {
+    let user = loss(logits, targets);
+    if user.dims() != [1] {
+        return Err(NatGradError::InvalidInput(format!(
+            "the training loss must be the batch mean, of shape [1]; got {:?}",
+            user.dims()
+        )));
+    }
+    Ok(user)
+}
+
 impl NaturalGradient {
     /// A whole captured step of a softmax classifier whose layers are the drop-in layers of
     /// [`crate::nn`]: [`capture`](Self::capture) the input, run the model's own `forward`
@@ -104,7 +124,16 @@ impl NaturalGradient {
     /// curvature batch, all of it by default), stacked along dimension 0: `N + k·m` rows. The
     /// capture computes a layer whose input carries no gradient (the first) on the `N` rows of
     /// the batch only, and copies its output rows for the copies.
+    ///
+    /// On a KFAC step that reuses the factors (a
+    /// [`kfac_factor_period`](crate::NaturalGradientConfig::kfac_factor_period) above 1, see
+    /// [`factors_due`](Self::factors_due)) it returns a disabled capture that
+    /// [`Capture::reuses_factors`] and the batch as it is: the layers run plainly, and
+    /// [`classification`](Self::classification) takes the plain gradient.
     pub fn capture<const D: usize>(&self, input: Tensor<D>) -> (Capture, Tensor<D>) {
+        if !self.factors_due() {
+            return (Capture::reusing(), input);
+        }
         let samples = match self.config.fisher {
             FisherKind::Empirical => return (Capture::new(), input),
             FisherKind::Sampled { samples } => samples,
@@ -193,15 +222,17 @@ impl NaturalGradient {
         self.classify(model, capture, logits, targets, Some(Box::new(loss)))
     }
 
-    #[allow(clippy::type_complexity)]
     fn classify<M: Module>(
         &self,
         model: &M,
         capture: Capture,
         logits: Tensor<2>,
         targets: Tensor<1, Int>,
-        loss: Option<Box<dyn FnOnce(Tensor<2>, Tensor<1, Int>) -> Tensor<1> + '_>>,
+        loss: Option<UserLoss<'_>>,
     ) -> Result<NaturalGradientOutput, NatGradError> {
+        if capture.reuses_factors() {
+            return self.plain_classification(model, logits, targets, loss);
+        }
         let kind = self.config.fisher;
         let [rows, classes] = logits.dims();
         let n = check_targets(rows, classes, &targets, |n| {
@@ -225,7 +256,7 @@ impl NaturalGradient {
             ));
         }
         // The model's own loss needs the data labels, which `labels_for` consumes.
-        let user_loss = loss.map(|loss| (loss, targets.clone()));
+        let model_loss = loss.map(|loss| (loss, targets.clone()));
         let labels = labels_for(kind, &logits, targets, m, self.config.seed);
         let per_row = cross_entropy_rows(logits.clone(), labels);
         let weighted = match row_weights(kind, &logits, n, m) {
@@ -234,15 +265,9 @@ impl NaturalGradient {
         };
         // The mean loss over the data rows, plus the Fisher rows' (the sampled or exact
         // Fisher's copies) on the same 1/N scale.
-        let (data_loss, objective) = match user_loss {
+        let (data_loss, objective) = match model_loss {
             Some((loss, targets)) => {
-                let user = loss(logits.clone().slice(0..n), targets);
-                if user.dims() != [1] {
-                    return Err(NatGradError::InvalidInput(format!(
-                        "the training loss must be the batch mean, of shape [1]; got {:?}",
-                        user.dims()
-                    )));
-                }
+                let user = user_loss(loss, logits.clone().slice(0..n), targets)?;
                 let objective = if rows > n {
                     user.clone() + weighted.slice(n..rows).sum().div_scalar(n as f64)
                 } else {

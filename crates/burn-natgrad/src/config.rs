@@ -65,7 +65,9 @@ pub enum CurvatureKind {
         /// Decay `ε ∈ [0, 1)` of the factors' exponential moving average, `A ← ε A + (1 − ε)
         /// A_batch` (Martens & Grosse use 0.95).
         decay: f64,
-        /// Recompute the factors' inverses every this many steps (≥ 1).
+        /// Recompute the factors' inverses every this many factor updates (≥ 1): every this
+        /// many steps with the default
+        /// [`kfac_factor_period`](NaturalGradientConfig::kfac_factor_period) of 1.
         inverse_period: usize,
     },
 }
@@ -152,6 +154,18 @@ pub struct NaturalGradientConfig {
     /// faster and more accurate than KFC (`docs/kfac.md`). Default: 2048.
     #[config(default = 2048)]
     pub kfac_block_limit: usize,
+    /// KFAC: update the factors every this many steps (≥ 1; the `TCov` of the KFAC-PyTorch
+    /// implementation, `alecwangcq/KFAC-Pytorch`, whose `TInv` is `inverse_period` here counted
+    /// in steps). The steps in between
+    /// capture nothing: they run the model's plain forward and backward pass and precondition
+    /// its gradient with the inverses in force, so they cost about an SGD step plus the
+    /// `A⁻¹ g G⁻¹` products. [`inverse_period`](CurvatureKind::Kfac::inverse_period) counts
+    /// factor updates, so the inverses are recomputed every `kfac_factor_period ·
+    /// inverse_period` steps. On such a step the trust region measures `dᵀFd` with the
+    /// averaged Kronecker factors instead of the batch's rows. Not with adaptive damping, whose
+    /// rule needs the batch's Fisher. Default: 1 (every step updates the factors).
+    #[config(default = 1)]
+    pub kfac_factor_period: usize,
     /// Conjugate-gradient iteration cap (CG solvers). Default: 50.
     #[config(default = 50)]
     pub cg_max_iters: usize,
@@ -239,6 +253,30 @@ impl NaturalGradientConfig {
                          CurvatureKind::Full",
                         self.solver
                     ),
+                });
+            }
+        }
+        if self.kfac_factor_period == 0 {
+            return Err(NatGradError::InvalidConfig {
+                field: "kfac_factor_period",
+                reason: "must be at least 1 step, got 0".into(),
+            });
+        }
+        if self.kfac_factor_period > 1 {
+            let reason = if !matches!(self.curvature, CurvatureKind::Kfac { .. }) {
+                Some("applies only to CurvatureKind::Kfac: the Gram solve needs every batch's rows")
+            } else if self.adaptive_damping.is_some() {
+                Some(
+                    "cannot be combined with adaptive damping, whose rule needs the batch's own \
+                     Fisher at every adapted step: leave it at 1",
+                )
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(NatGradError::InvalidConfig {
+                    field: "kfac_factor_period",
+                    reason: format!("a period of {} {reason}", self.kfac_factor_period),
                 });
             }
         }

@@ -20,7 +20,7 @@ use burn::train::{ClassificationOutput, TrainOutput};
 
 use crate::config::NaturalGradientConfig;
 use crate::error::NatGradError;
-use crate::factors::gradient_weight_id;
+use crate::factors::{gradient_weight_id, reuse_marker_id};
 use crate::optimizer::{NaturalGradient, Shared};
 
 /// A `NaturalGradient` held without keeping it alive.
@@ -127,7 +127,8 @@ pub fn optimize<M: Module>(
         }
         None => {
             assert!(
-                grads.get::<1>(gradient_weight_id()).is_none(),
+                grads.get::<1>(gradient_weight_id()).is_none()
+                    && grads.get::<1>(reuse_marker_id()).is_none(),
                 "{}",
                 NatGradError::ForeignOptimizer
             );

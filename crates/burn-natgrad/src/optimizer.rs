@@ -42,11 +42,16 @@ pub struct StepStats {
     pub steps: u64,
     /// Steps skipped (a learning rate, direction or residual that was not finite).
     pub skipped: u64,
+    /// Applied KFAC steps that reused the factors in force instead of updating them (see
+    /// [`kfac_factor_period`](crate::NaturalGradientConfig::kfac_factor_period)).
+    pub reused: u64,
     /// Steps skipped in a row, up to the last one.
     pub consecutive_skipped: u64,
     /// Why the last skipped step was skipped.
     pub last_skip_reason: Option<String>,
-    /// Predicted KL divergence `½ lr² dᵀFd` of the last applied step (after the trust region).
+    /// Predicted KL divergence `½ lr² dᵀFd` of the last applied step (after the trust region;
+    /// NaN after a KFAC step that reused its factors without a trust region, see
+    /// [`Preconditioned::quadratic`]).
     pub last_kl: f64,
     /// Trust-region factor of the last applied step (1 when it did not bind).
     pub last_scale: f64,
@@ -283,6 +288,7 @@ impl NaturalGradient {
             let mut shared = self.lock();
             let stats = &mut shared.stats;
             stats.steps += 1;
+            stats.reused += u64::from(pre.reused);
             stats.consecutive_skipped = 0;
             stats.last_scale = pre.scale;
             stats.last_kl = 0.5 * pre.lr * pre.lr * pre.quadratic * pre.scale * pre.scale;

@@ -10,7 +10,7 @@ use burn::tensor::Tensor;
 
 use crate::config::CurvatureKind;
 use crate::error::NatGradError;
-use crate::factors::Factors;
+use crate::factors::{reuse_marker_id, Factors};
 use crate::kfac::{self, KfacOptions, KfacState};
 use crate::optimizer::NaturalGradient;
 use crate::solver::{solve, CgOptions, Gradient};
@@ -22,7 +22,9 @@ pub struct Preconditioned {
     /// be skipped ([`skip_reason`](Self::skip_reason) says why). Apply them with
     /// [`NaturalGradient::apply`] (which is what [`NaturalGradient::step`] does).
     pub directions: Option<GradientsParams>,
-    /// Predicted `dᵀFd` of the direction before the trust region.
+    /// Predicted `dᵀFd` of the direction before the trust region: with the batch's Fisher rows,
+    /// or on a KFAC step that reuses its factors with the Kronecker approximation (NaN there
+    /// without a trust region, which is all it would be computed for).
     pub quadratic: f64,
     /// Trust-region factor applied (1 when it did not bind).
     pub scale: f64,
@@ -42,10 +44,12 @@ pub struct Preconditioned {
     pub(crate) predicted: Option<(f64, f64)>,
     /// The damping `λ` the direction was solved with.
     pub(crate) damping: f64,
+    /// A KFAC step that reused the factors in force.
+    pub(crate) reused: bool,
 }
 
 impl Preconditioned {
-    fn skipped(lr: LearningRate, reason: String) -> Self {
+    pub(crate) fn skipped(lr: LearningRate, reason: String) -> Self {
         Self {
             directions: None,
             quadratic: f64::NAN,
@@ -58,6 +62,7 @@ impl Preconditioned {
             kfac: Vec::new(),
             predicted: None,
             damping: f64::NAN,
+            reused: false,
         }
     }
 }
@@ -76,14 +81,14 @@ impl NaturalGradient {
         lr: LearningRate,
         grads: &GradientsParams,
     ) -> Result<Preconditioned, NatGradError> {
+        if grads.get::<1>(reuse_marker_id()).is_some() {
+            return self.precondition_reused(module, lr, grads);
+        }
         let c = &self.config;
         let damping = self.damping();
         let factors = Factors::collect(module, grads, c.uncovered)?;
-        if !lr.is_finite() || lr <= 0.0 {
-            return Ok(Preconditioned::skipped(
-                lr,
-                format!("the learning rate is {lr}, not a finite number > 0"),
-            ));
+        if let Some(skip) = invalid_lr(lr) {
+            return Ok(skip);
         }
         let solved = match c.curvature {
             CurvatureKind::Full => self.solve_full(&factors, damping),
@@ -188,12 +193,7 @@ impl NaturalGradient {
                 )
             });
         }
-        let scale = match c.kl_max {
-            Some(kl_max) if quadratic > 0.0 => {
-                (2.0 * kl_max / (lr * lr * quadratic)).sqrt().min(1.0)
-            }
-            _ => 1.0,
-        };
+        let scale = trust_scale(c.kl_max, lr, quadratic);
         let mut out = GradientsParams::new();
         let count = factors.blocks.len() + factors.uncovered.len();
         let shaped = factors
@@ -224,6 +224,7 @@ impl NaturalGradient {
             kfac,
             predicted,
             damping,
+            reused: false,
         })
     }
 
@@ -292,9 +293,32 @@ struct Solved {
     gradients: Option<Vec<Tensor<2>>>,
 }
 
+/// A step to skip when the learning rate is not a finite number > 0.
+pub(crate) fn invalid_lr(lr: LearningRate) -> Option<Preconditioned> {
+    (!lr.is_finite() || lr <= 0.0).then(|| {
+        Preconditioned::skipped(
+            lr,
+            format!("the learning rate is {lr}, not a finite number > 0"),
+        )
+    })
+}
+
+/// The KL trust region's factor: the largest `s ≤ 1` with `½ lr² s² dᵀFd ≤ kl_max`.
+pub(crate) fn trust_scale(kl_max: Option<f64>, lr: LearningRate, quadratic: f64) -> f64 {
+    match kl_max {
+        Some(kl_max) if quadratic > 0.0 => (2.0 * kl_max / (lr * lr * quadratic)).sqrt().min(1.0),
+        _ => 1.0,
+    }
+}
+
 /// Registers a matrix-view tensor under `id` with the parameter's rank and shape (the view is
 /// the parameter read row-major, see the layer rules).
-fn register_shaped(out: &mut GradientsParams, id: ParamId, d: Tensor<2>, dims: &[usize]) {
+pub(crate) fn register_shaped(
+    out: &mut GradientsParams,
+    id: ParamId,
+    d: Tensor<2>,
+    dims: &[usize],
+) {
     macro_rules! reg {
         ($r:literal) => {{
             let shape: [usize; $r] = dims.try_into().expect("rank");

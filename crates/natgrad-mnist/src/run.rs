@@ -83,7 +83,15 @@ impl OptimizerSpec {
                         decay,
                         inverse_period,
                     } => format!(
-                        "KFAC decay {decay} inverses every {inverse_period}{}",
+                        "KFAC decay {decay} inverses every {inverse_period}{}{}",
+                        if config.kfac_factor_period == 1 {
+                            String::new()
+                        } else {
+                            format!(
+                                " factor updates, factors every {} steps",
+                                config.kfac_factor_period
+                            )
+                        },
                         if config.kfac_block_limit == 2048 {
                             String::new()
                         } else {
@@ -163,6 +171,8 @@ pub struct RunResult {
     pub median_step_ms: f64,
     /// Steps the natural gradient skipped (non-finite direction).
     pub skipped_steps: u64,
+    /// KFAC steps that reused the factors in force (`kfac_factor_period` above 1).
+    pub reused_steps: u64,
     /// The natural gradient's damping at the end (moved by adaptive damping), if any.
     pub final_damping: Option<f64>,
     /// Test evaluations during training, `(train seconds, step, accuracy)` (the hand-written
@@ -272,6 +282,7 @@ pub fn run(spec: &OptimizerSpec, data: &MnistData, options: &RunOptions, dir: &P
             step_losses: r.losses.clone(),
             median_step_ms: median(&r.step_ms),
             skipped_steps: natgrad.as_ref().map_or(0, |ng| ng.stats().skipped),
+            reused_steps: natgrad.as_ref().map_or(0, |ng| ng.stats().reused),
             final_damping: natgrad.as_ref().map(|ng| ng.damping()),
             evals: r.evals.clone(),
             average: options.average,
@@ -387,6 +398,7 @@ mod tests {
             step_losses: vec![],
             median_step_ms: 1.0,
             skipped_steps: 0,
+            reused_steps: 0,
             final_damping: None,
             evals: vec![(1.5, 10, 0.9), (3.0, 20, 0.95)],
             average: Some(0.99),

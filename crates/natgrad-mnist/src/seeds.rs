@@ -105,6 +105,7 @@ mod tests {
             step_losses: vec![],
             median_step_ms: ms,
             skipped_steps: 0,
+            reused_steps: 0,
             final_damping: None,
             evals: vec![],
             average: None,

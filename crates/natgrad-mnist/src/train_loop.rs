@@ -175,6 +175,7 @@ pub fn train_cnn(spec: &OptimizerSpec, data: &MnistData, options: &LoopOptions) 
         step_losses: losses,
         median_step_ms: median(&step_ms),
         skipped_steps: natgrad.as_ref().map_or(0, |ng| ng.stats().skipped),
+        reused_steps: natgrad.as_ref().map_or(0, |ng| ng.stats().reused),
         final_damping: natgrad.as_ref().map(|ng| ng.damping()),
         evals,
         average: options.average,

@@ -21,10 +21,19 @@ const TAG_GATHER_DELTA: u64 = 0x6e67_5f67_6465_6c74; // "ng_gdelt"
 const TAG_DATA_IDS: u64 = 0x6e67_5f64_6964_7300; // "ng_dids"
 const TAG_DATA_GATHER_DELTA: u64 = 0x6e67_5f64_6764_656c; // "ng_dgdel"
 const TAG_DATA_SHARED_INPUT: u64 = 0x6e67_5f64_7368_6172; // "ng_dshar"
+const TAG_REUSE: u64 = 0x6e67_5f72_6575_7365; // "ng_reuse"
 
 /// Where the implicit-gradient weight `w` is registered: see [`Factors::gradient_weight`].
 pub(crate) fn gradient_weight_id() -> ParamId {
     derived_id(ParamId::from(0), TAG_GRADIENT_WEIGHT)
+}
+
+/// Where a step that reuses KFAC's factors (no capture, see
+/// [`kfac_factor_period`](crate::NaturalGradientConfig::kfac_factor_period)) marks its plain
+/// gradients, so that they are preconditioned with the factors in force instead of being
+/// refused as uncaptured.
+pub(crate) fn reuse_marker_id() -> ParamId {
+    derived_id(ParamId::from(0), TAG_REUSE)
 }
 
 /// The id under which a factor of parameter `id` is registered in a [`GradientsParams`].

@@ -15,7 +15,7 @@ pub mod products;
 mod rows;
 
 pub use block::BlockFactors;
-pub(crate) use codec::gradient_weight_id;
+pub(crate) use codec::{gradient_weight_id, reuse_marker_id};
 pub use data_rows::{Block, DataRows};
 pub(crate) use rows::{expand_rows, uniform_weights};
 
@@ -82,15 +82,7 @@ impl Factors {
         policy: UncoveredPolicy,
     ) -> Result<Self, NatGradError> {
         let gradient_weight = grads.get::<1>(gradient_weight_id());
-        let mut collector = Collector {
-            grads,
-            path: Vec::new(),
-            blocks: Vec::new(),
-            uncovered: Vec::new(),
-            mixed: Vec::new(),
-            orphans: Vec::new(),
-            implicit: gradient_weight.is_some(),
-        };
+        let mut collector = Collector::new(grads, gradient_weight.is_some());
         module.visit(&mut collector);
         let Collector {
             blocks,
@@ -122,6 +114,17 @@ impl Factors {
             uncovered,
             gradient_weight,
         })
+    }
+
+    /// Every parameter of `module` with a gradient in `grads`, in module order: the plain
+    /// gradients of a step that reuses KFAC's factors (they carry no factors).
+    pub(crate) fn plain_gradients<M: Module>(
+        module: &M,
+        grads: &GradientsParams,
+    ) -> Vec<Uncovered> {
+        let mut collector = Collector::new(grads, false);
+        module.visit(&mut collector);
+        collector.uncovered
     }
 
     /// The minibatch gradient of block `i`, in its matrix view (computed from the factors when
@@ -238,6 +241,20 @@ struct Collector<'a> {
     orphans: Vec<String>,
     /// Blocks with factors but no explicit gradient use the implicit one.
     implicit: bool,
+}
+
+impl<'a> Collector<'a> {
+    fn new(grads: &'a GradientsParams, implicit: bool) -> Self {
+        Self {
+            grads,
+            path: Vec::new(),
+            blocks: Vec::new(),
+            uncovered: Vec::new(),
+            mixed: Vec::new(),
+            orphans: Vec::new(),
+            implicit,
+        }
+    }
 }
 
 impl ModuleVisitor for Collector<'_> {

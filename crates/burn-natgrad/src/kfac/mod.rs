@@ -24,12 +24,13 @@
 //! every `inverse_period` steps, in `f64` on the host. The state of every block travels in the
 //! optimizer record ([`state`]).
 
+mod inverse;
+pub(crate) mod reuse;
 pub(crate) mod state;
 
 use burn::module::ParamId;
-use burn::tensor::{IndexingUpdateOp, Tensor, TensorData};
+use burn::tensor::{IndexingUpdateOp, Tensor};
 
-use crate::cholesky::cholesky_inverse;
 use crate::factors::{products, BlockFactors, Factors};
 pub use state::{KfacState, NaturalGradientState};
 
@@ -117,73 +118,22 @@ fn ema(old: &Tensor<2>, new: Tensor<2>, decay: f64) -> Tensor<2> {
     old.clone().mul_scalar(decay) + new.mul_scalar(1.0 - decay)
 }
 
-/// A square matrix on the host, in `f64`.
-fn host(t: &Tensor<2>) -> Vec<f64> {
-    t.clone()
-        .into_data()
-        .convert::<f64>()
-        .try_into_vec::<f64>()
-        .expect("float data")
+/// A block's state after one batch, before its inverses (when due) are computed.
+pub(crate) struct Pending {
+    state: KfacState,
+    /// The inverses to compute, when due; otherwise `state` keeps the previous ones.
+    planned: Option<inverse::Planned>,
 }
 
-/// `(F + λI)⁻¹` of a square factor, on the factor's device; `None` if not positive definite or
-/// not finite.
-fn inverse(f: &Tensor<2>, damping: f64) -> Option<Tensor<2>> {
-    let [n, _] = f.dims();
-    let inv = cholesky_inverse(host(f), n, damping)?;
-    let inv: Vec<f32> = inv.into_iter().map(|v| v as f32).collect();
-    Some(Tensor::from_data(TensorData::new(inv, [n, n]), &f.device()))
-}
-
-/// `tr F / dim F` of a square factor, or of a diagonal one stored as a column or row.
-fn mean_eigenvalue(f: &Tensor<2>) -> f64 {
-    let [r, c] = f.dims();
-    let trace = if r == c && r > 1 {
-        let n = r;
-        (Tensor::<2>::eye(n, &f.device()) * f.clone()).sum()
-    } else {
-        f.clone().sum()
-    };
-    trace.into_scalar::<f64>() / r.max(c) as f64
-}
-
-/// The damped inverses of a block's factors, `(left⁻¹, right⁻¹)`; `Err` says which factor is
-/// not positive definite or not finite.
-fn invert(
-    kind: Kind,
-    left: Option<&Tensor<2>>,
-    right: &Tensor<2>,
-    damping: f64,
-) -> Result<(Option<Tensor<2>>, Tensor<2>), &'static str> {
-    match (kind, left) {
-        (Kind::Kronecker | Kind::Gather, Some(left)) => {
-            let (a, g) = (mean_eigenvalue(left), mean_eigenvalue(right));
-            // π balances the damping between the factors; 1 when either is degenerate.
-            let pi = (a / g).sqrt();
-            let pi = if pi.is_finite() && pi > 0.0 { pi } else { 1.0 };
-            let root = damping.sqrt();
-            let left_inv = if kind == Kind::Kronecker {
-                inverse(left, pi * root).ok_or("its input factor A")?
-            } else {
-                left.clone().add_scalar(pi * root).recip()
-            };
-            let right_inv = inverse(right, root / pi).ok_or("its output-gradient factor G")?;
-            Ok((Some(left_inv), right_inv))
-        }
-        (Kind::Full, None) => Ok((None, inverse(right, damping).ok_or("its Fisher block")?)),
-        (Kind::Diagonal, None) => Ok((None, right.clone().add_scalar(damping).recip())),
-        _ => unreachable!("a left factor exactly for Kronecker and gather blocks"),
-    }
-}
-
-/// The updated state of a block after one batch: the EMA of its factors, and their inverses
-/// when due (the first update, every `inverse_period`-th, or when the block changed shape).
-pub(crate) fn update(
+/// The updated state of a block after one batch: the EMA of its factors, and the plan of
+/// their inverses when due (the first update, every `inverse_period`-th, when the block changed
+/// shape, or when the damping moved).
+pub(crate) fn begin_update(
     previous: Option<&KfacState>,
     id: ParamId,
     factors: &BlockFactors,
     o: &KfacOptions,
-) -> Result<KfacState, &'static str> {
+) -> Pending {
     let (kind, left, right) = batch_factors(factors, o.block_limit);
     let same = |p: &KfacState| {
         p.kind() == Some(kind)
@@ -202,22 +152,65 @@ pub(crate) fn update(
         ),
         None => (left, right, 0, None),
     };
-    let (left_inv, right_inv) = match previous {
-        Some(p) if !updates.is_multiple_of(o.inverse_period as u64) && p.damping == o.damping => {
-            (p.left_inv.clone(), p.right_inv.clone())
-        }
-        _ => invert(kind, left.as_ref(), &right, o.damping)?,
+    let kept = previous
+        .filter(|p| !updates.is_multiple_of(o.inverse_period as u64) && p.damping == o.damping);
+    let planned = kept
+        .is_none()
+        .then(|| inverse::plan(kind, left.as_ref(), &right, o.damping));
+    // Until the plan runs, the right inverse is a placeholder (the factor itself).
+    let (left_inv, right_inv) = match kept {
+        Some(p) => (p.left_inv.clone(), p.right_inv.clone()),
+        None => (None, right.clone()),
     };
-    Ok(KfacState {
-        param: id.val(),
-        kind: kind as u8,
-        left,
-        right,
-        left_inv,
-        right_inv,
-        updates: updates + 1,
-        damping: o.damping,
-    })
+    Pending {
+        state: KfacState {
+            param: id.val(),
+            kind: kind as u8,
+            left,
+            right,
+            left_inv,
+            right_inv,
+            updates: updates + 1,
+            damping: o.damping,
+            reused: None,
+        },
+        planned,
+    }
+}
+
+/// Computes the inverses the blocks' plans hold, all together (spread over the cores), and
+/// returns their states; `Err((i, which))` names block `i`'s factor that is not positive
+/// definite or not finite.
+pub(crate) fn finish_updates(
+    pending: Vec<Pending>,
+) -> Result<Vec<KfacState>, (usize, &'static str)> {
+    let (states, plans): (Vec<KfacState>, Vec<Option<inverse::Planned>>) =
+        pending.into_iter().map(|p| (p.state, p.planned)).unzip();
+    let due: Vec<usize> = (0..plans.len()).filter(|&i| plans[i].is_some()).collect();
+    let mut inverses = inverse::run(plans.into_iter().flatten().collect()).into_iter();
+    let mut states = states;
+    for i in due {
+        let (left_inv, right_inv) = inverses
+            .next()
+            .expect("one result per plan")
+            .map_err(|which| (i, which))?;
+        states[i].left_inv = left_inv;
+        states[i].right_inv = right_inv;
+    }
+    Ok(states)
+}
+
+/// [`begin_update`] and [`finish_updates`] of one block.
+#[cfg(test)]
+pub(crate) fn update(
+    previous: Option<&KfacState>,
+    id: ParamId,
+    factors: &BlockFactors,
+    o: &KfacOptions,
+) -> Result<KfacState, &'static str> {
+    finish_updates(vec![begin_update(previous, id, factors, o)])
+        .map(|mut s| s.remove(0))
+        .map_err(|(_, which)| which)
 }
 
 /// The KFAC direction of a gradient `g` in the block's matrix view.
@@ -250,22 +243,25 @@ pub(crate) fn solve(
     previous: impl Fn(ParamId) -> Option<KfacState>,
     o: &KfacOptions,
 ) -> Result<Solution, String> {
-    let mut directions = Vec::with_capacity(factors.blocks.len());
-    let mut states = Vec::with_capacity(factors.blocks.len());
-    let mut gradients = Vec::with_capacity(factors.blocks.len());
-    for (i, block) in factors.blocks.iter().enumerate() {
-        let state =
-            update(previous(block.id).as_ref(), block.id, &block.factors, o).map_err(|which| {
-                format!(
-                    "KFAC: {which} of `{}` is not positive definite or not finite",
-                    block.path
-                )
-            })?;
-        let g = factors.gradient(i);
-        directions.push(direction(&state, g.clone()));
-        gradients.push(g);
-        states.push(state);
-    }
+    let pending = factors
+        .blocks
+        .iter()
+        .map(|b| begin_update(previous(b.id).as_ref(), b.id, &b.factors, o))
+        .collect();
+    let states = finish_updates(pending).map_err(|(i, which)| {
+        format!(
+            "KFAC: {which} of `{}` is not positive definite or not finite",
+            factors.blocks[i].path
+        )
+    })?;
+    let gradients: Vec<Tensor<2>> = (0..factors.blocks.len())
+        .map(|i| factors.gradient(i))
+        .collect();
+    let directions: Vec<Tensor<2>> = states
+        .iter()
+        .zip(&gradients)
+        .map(|(state, g)| direction(state, g.clone()))
+        .collect();
     let blocks: Vec<_> = factors.blocks.iter().collect();
     let ud = products::project(&blocks, &directions);
     Ok(Solution {
@@ -282,6 +278,7 @@ mod tests {
     use crate::cholesky::cholesky_solve;
     use crate::test_devices::cpu_devices;
     use burn::tensor::Distribution;
+    use inverse::host;
 
     fn host_vec(t: Tensor<2>) -> Vec<f64> {
         host(&t)

@@ -34,6 +34,10 @@ pub struct KfacState {
     pub(crate) updates: u64,
     /// The damping the inverses were computed with (they are recomputed when it moves).
     pub(crate) damping: f64,
+    /// Steps that reused these factors since their last update, with a
+    /// [`kfac_factor_period`](crate::NaturalGradientConfig::kfac_factor_period) above 1 (`None`:
+    /// none, and in records written before the factor period existed).
+    pub(crate) reused: Option<u64>,
 }
 
 impl KfacState {
@@ -44,6 +48,22 @@ impl KfacState {
     /// How many batches the moving averages hold.
     pub fn updates(&self) -> u64 {
         self.updates
+    }
+
+    /// How many steps reused these factors since their last update (see
+    /// [`kfac_factor_period`](crate::NaturalGradientConfig::kfac_factor_period)).
+    pub fn reused(&self) -> u64 {
+        self.reused.unwrap_or(0)
+    }
+
+    /// The parameter's matrix view, `[rows, columns]`, that the factors act on (`left · V ·
+    /// right`): the parameter read row-major.
+    pub(crate) fn view(&self) -> [usize; 2] {
+        let columns = self.right.dims()[1];
+        match (self.kind(), &self.left) {
+            (Some(Kind::Kronecker | Kind::Gather), Some(left)) => [left.dims()[0], columns],
+            _ => [1, columns],
+        }
     }
 
     fn moved_to(self, device: &Device) -> Self {

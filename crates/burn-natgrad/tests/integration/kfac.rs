@@ -12,15 +12,15 @@ use burn::tensor::Device;
 use burn_natgrad::testing::{cholesky_solve, BlockFactors, Factors};
 use burn_natgrad::{CurvatureKind, FisherKind, NaturalGradient, NaturalGradientConfig};
 
-const DAMPING: f64 = 0.1;
-const DECAY: f64 = 0.7;
+pub(crate) const DAMPING: f64 = 0.1;
+pub(crate) const DECAY: f64 = 0.7;
 
 /// A block's KFAC factors on the host: the left one (dense `n × n`, a diagonal expanded), if
 /// any, and the right one.
 #[derive(Clone)]
-struct HostFactors {
-    left: Option<(usize, Vec<f64>)>,
-    right: (usize, Vec<f64>),
+pub(crate) struct HostFactors {
+    pub(crate) left: Option<(usize, Vec<f64>)>,
+    pub(crate) right: (usize, Vec<f64>),
 }
 
 fn outer_sum(rows: &[f64], n: usize, scale: f64) -> (usize, Vec<f64>) {
@@ -87,7 +87,7 @@ fn mean_eigenvalue((n, f): &(usize, Vec<f64>)) -> f64 {
 }
 
 /// The host factors of every block of a captured batch.
-fn batch_factors<M: Module>(model: &M, grads: &GradientsParams) -> Vec<HostFactors> {
+pub(crate) fn batch_factors<M: Module>(model: &M, grads: &GradientsParams) -> Vec<HostFactors> {
     Factors::from_grads(model, grads)
         .unwrap()
         .blocks
@@ -97,7 +97,7 @@ fn batch_factors<M: Module>(model: &M, grads: &GradientsParams) -> Vec<HostFacto
 }
 
 /// The moving averages of `old` and a captured batch's factors.
-fn averaged<M: Module>(
+pub(crate) fn averaged<M: Module>(
     model: &M,
     grads: &GradientsParams,
     old: &[HostFactors],
@@ -111,7 +111,7 @@ fn averaged<M: Module>(
 
 /// `(L' ⊗ R')⁻¹ g` with `L' = L + π√λ I`, `R' = R + √λ/π I` as one dense Kronecker matrix, or
 /// `(F + λI)⁻¹ g` for a single factor.
-fn kron_solve(f: &HostFactors, g: &[f64], damping: f64) -> Vec<f64> {
+pub(crate) fn kron_solve(f: &HostFactors, g: &[f64], damping: f64) -> Vec<f64> {
     let (nr, r) = &f.right;
     let Some(left) = &f.left else {
         return cholesky_solve(r, g, *nr, damping).unwrap();
@@ -136,7 +136,7 @@ fn kron_solve(f: &HostFactors, g: &[f64], damping: f64) -> Vec<f64> {
 }
 
 /// One of the two models, its batch inputs, and how they run under a capture.
-trait Net: Module + Clone {
+pub(crate) trait Net: Module + Clone {
     fn grads(&self, ng: &NaturalGradient, seed: u64, device: &Device) -> GradientsParams;
 }
 
@@ -169,7 +169,7 @@ impl Net for ConvNet {
 
 /// A one-group convolution with stride 2, `[N, 2, 6, 5]` inputs: KFAC gets its Kronecker
 /// factors (KFC).
-fn conv_net(device: &Device) -> ConvNet {
+pub(crate) fn conv_net(device: &Device) -> ConvNet {
     let config = burn::nn::conv::Conv2dConfig::new([2, 3], [3, 2]).with_stride([2, 1]);
     ConvNet::new(config, [6, 5], 3, 31, device)
 }
@@ -193,7 +193,7 @@ fn kfac_limited(fisher: FisherKind, inverse_period: usize, limit: usize) -> Natu
 
 /// The oracle's directions (module order, as `gathered`) from the factors used for the
 /// inverses and the batch's gradients, and the solver's, compared; and `dᵀFd`.
-fn assert_direction<M: Module>(
+pub(crate) fn assert_direction<M: Module>(
     what: &str,
     ng: &NaturalGradient,
     model: &M,

@@ -10,6 +10,7 @@ mod curvature_batch;
 mod damping;
 mod embedding_norm;
 mod errors;
+mod factor_period;
 mod kfac;
 mod learner;
 mod misuse;

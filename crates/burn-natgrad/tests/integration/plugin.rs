@@ -321,6 +321,44 @@ fn the_train_step_glue_refuses_what_it_cannot_do() {
     }
 }
 
+/// KFAC with a factor period through the two-line glue on the guide model (drop-in Conv2d,
+/// BatchNorm, Linear): the second step reuses the factors, and its plain gradients, which carry
+/// the reuse marker, are refused by Burn's own optimizer as factors are.
+#[test]
+fn the_glue_runs_reusing_steps_and_keeps_them_from_burns_optimizer() {
+    let _rng = rng_lock();
+    for (name, device) in backends() {
+        let model = Guide::from_burn(burn_guide(0.0, &device));
+        let (ng, mut optim) = NaturalGradientConfig::new()
+            .with_curvature(burn_natgrad::CurvatureKind::kfac())
+            .with_damping(0.3)
+            .with_kfac_factor_period(2)
+            .init();
+        let output = model.step(guide_batch(&device));
+        let model = model.optimize(&mut optim, 0.1.into(), output.grads);
+        assert!(!ng.factors_due(), "{name}");
+        let output = model.step(guide_batch(&device));
+        let mut sgd: ModuleOptimizer = SgdConfig::new().init();
+        let msg = panic_message(|| {
+            let _ = model.clone().optimize(&mut sgd, 0.5.into(), output.grads);
+        });
+        assert!(msg.contains("not its own"), "{name}: {msg}");
+        assert!(!ng.factors_due(), "{name}");
+        let output = model.step(guide_batch(&device));
+        let stepped = model.clone().optimize(&mut optim, 0.1.into(), output.grads);
+        let stats = ng.stats();
+        assert_eq!((stats.steps, stats.reused), (2, 1), "{name}");
+        assert!(
+            rel_err(&weights(&stepped), &weights(&model)) > 1e-6,
+            "{name}: the reusing step did not move the weights"
+        );
+        assert!(
+            ng.factors_due(),
+            "{name}: the third step updates the factors"
+        );
+    }
+}
+
 /// The guide model keeping its natural gradient in a field, for several on one thread.
 #[derive(Module, Debug)]
 struct Fielded {

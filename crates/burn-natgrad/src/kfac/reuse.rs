@@ -1,0 +1,207 @@
+//! KFAC steps that reuse the factors in force, with a
+//! [`kfac_factor_period`](crate::NaturalGradientConfig::kfac_factor_period) above 1 (the `TCov`
+//! of KFAC-PyTorch, `alecwangcq/KFAC-Pytorch`): between two factor updates a step captures
+//! nothing. The model's layers run plainly, one backward pass gives the plain gradient `g` of
+//! the data loss (the sampled or exact Fisher's copies are not formed at all), and each block's
+//! direction is `A⁻¹ g G⁻¹` with the damped inverses of the last update; the factors, their
+//! moving averages and the inverse schedule are left as they are.
+//!
+//! The gradients of such a step carry a marker instead of factors, so that
+//! [`NaturalGradient::precondition`] knows them from a model that was not captured (which is
+//! refused). With a trust region, `dᵀFd` is the Kronecker approximation's own,
+//! `Σ ⟨d, A d G⟩` with the averaged factors, since there are no rows of the batch's Fisher.
+
+use burn::module::Module;
+use burn::optim::{GradientsParams, LearningRate};
+use burn::tensor::{Int, Tensor};
+
+use super::{direction, KfacState};
+use crate::classification::{user_loss, NaturalGradientOutput, UserLoss};
+use crate::config::CurvatureKind;
+use crate::error::NatGradError;
+use crate::factors::{reuse_marker_id, Factors};
+use crate::fisher::{check_targets, cross_entropy_rows};
+use crate::kfac::Kind;
+use crate::optimizer::NaturalGradient;
+use crate::precondition::{invalid_lr, register_shaped, trust_scale, Preconditioned};
+
+/// `vec(d)ᵀ (A ⊗ G) vec(d)` of a block's averaged (undamped) factors: the Kronecker
+/// approximation of `dᵀFd`.
+pub(crate) fn quadratic(state: &KfacState, d: &Tensor<2>) -> Tensor<1> {
+    let fd = match (state.kind(), &state.left) {
+        (Some(Kind::Kronecker), Some(a)) => a.clone().matmul(d.clone()).matmul(state.right.clone()),
+        (Some(Kind::Gather), Some(a)) => (d.clone() * a.clone()).matmul(state.right.clone()),
+        (Some(Kind::Full), None) => d.clone().matmul(state.right.clone()),
+        (Some(Kind::Diagonal), None) => d.clone() * state.right.clone(),
+        _ => unreachable!("update builds consistent states"),
+    };
+    (fd * d.clone()).sum()
+}
+
+impl NaturalGradient {
+    /// Whether the next step updates KFAC's factors (and so captures): always, unless
+    /// [`kfac_factor_period`](crate::NaturalGradientConfig::kfac_factor_period) is above 1, the
+    /// optimizer holds factors, and fewer than `period − 1` steps have reused them since their
+    /// last update. [`capture`](Self::capture) and [`train_step`](Self::train_step) ask it.
+    ///
+    /// A run resumed from a record holds no factors until [`resume_from`](Self::resume_from)
+    /// (which the first [`step`](Self::step) calls) reads them back: call it before the first
+    /// step for the schedule to continue exactly; otherwise the first step updates the
+    /// factors once more.
+    pub fn factors_due(&self) -> bool {
+        let period = self.config.kfac_factor_period as u64;
+        if period <= 1 || !matches!(self.config.curvature, CurvatureKind::Kfac { .. }) {
+            return true;
+        }
+        let shared = self.lock();
+        shared.kfac.is_empty() || shared.kfac.values().any(|s| s.reused() + 1 >= period)
+    }
+
+    /// The classification step of a step that reuses the factors: the data loss (plain
+    /// cross-entropy, or the user's), one plain backward pass, and the marker.
+    pub(crate) fn plain_classification<M: Module>(
+        &self,
+        model: &M,
+        logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+        loss: Option<UserLoss<'_>>,
+    ) -> Result<NaturalGradientOutput, NatGradError> {
+        let [rows, classes] = logits.dims();
+        check_targets(rows, classes, &targets, |n| n)?;
+        let loss = match loss {
+            Some(loss) => user_loss(loss, logits.clone(), targets)?,
+            None => cross_entropy_rows(logits.clone(), targets).mean(),
+        };
+        let mut grads = GradientsParams::from_grads(loss.backward(), model);
+        let device = logits.device();
+        grads.register(reuse_marker_id(), Tensor::<1>::zeros([1], &device));
+        Ok(NaturalGradientOutput {
+            loss: loss.inner(),
+            logits: logits.inner(),
+            grads,
+        })
+    }
+
+    /// [`precondition`](Self::precondition) of a step that reuses the factors: every parameter
+    /// with a KFAC state gets `A⁻¹ g G⁻¹` from its inverses in force, the others the uncovered
+    /// policy; the states come back with one more reuse counted.
+    pub(crate) fn precondition_reused<M: Module>(
+        &self,
+        module: &M,
+        lr: LearningRate,
+        grads: &GradientsParams,
+    ) -> Result<Preconditioned, NatGradError> {
+        let c = &self.config;
+        if !matches!(c.curvature, CurvatureKind::Kfac { .. }) {
+            return Err(NatGradError::InvalidInput(
+                "these gradients come from a step that reuses KFAC's factors, but this optimizer \
+                 does not use KFAC: precondition them with the NaturalGradient whose `capture` or \
+                 `train_step` made them"
+                    .into(),
+            ));
+        }
+        let damping = self.damping();
+        let gradients = Factors::plain_gradients(module, grads);
+        let states: Vec<Option<KfacState>> = {
+            let shared = self.lock();
+            gradients
+                .iter()
+                .map(|g| shared.kfac.get(&g.id).cloned())
+                .collect()
+        };
+        if states.iter().all(Option::is_none) {
+            return Err(NatGradError::InvalidInput(
+                "these gradients come from a step that reuses KFAC's factors, but this optimizer \
+                 holds none for the model's parameters: they were made by another \
+                 NaturalGradient, or for another model"
+                    .into(),
+            ));
+        }
+        let missing: Vec<String> = gradients
+            .iter()
+            .zip(&states)
+            .filter(|(_, s)| s.is_none())
+            .map(|(g, _)| g.path.clone())
+            .collect();
+        if !missing.is_empty() && !c.uncovered.moves() {
+            return Err(NatGradError::UncapturedParameters { params: missing });
+        }
+        if let Some(skip) = invalid_lr(lr) {
+            return Ok(skip);
+        }
+        let uncovered_scale = c.uncovered.scale(damping);
+        let mut directions = Vec::with_capacity(gradients.len());
+        let mut kfac = Vec::new();
+        let mut quadratics = Vec::new();
+        for (g, state) in gradients.into_iter().zip(states) {
+            let Some(state) = state else {
+                directions.push((g.id, g.grad.mul_scalar(uncovered_scale), g.dims));
+                continue;
+            };
+            let view = state.view();
+            if view[0] * view[1] != g.dims.iter().product::<usize>() {
+                return Err(NatGradError::InconsistentFactors(format!(
+                    "`{}` has shape {:?} but its KFAC factors act on a {view:?} view",
+                    g.path, g.dims
+                )));
+            }
+            let d = direction(&state, g.grad.reshape(view));
+            if c.kl_max.is_some() {
+                quadratics.push(quadratic(&state, &d));
+            }
+            directions.push((g.id, d, g.dims));
+            kfac.push(KfacState {
+                reused: Some(state.reused() + 1),
+                ..state
+            });
+        }
+        // One host read: a finiteness probe of the directions, and dᵀFd for the trust region.
+        let mut read: Vec<Tensor<1>> = directions
+            .iter()
+            .map(|(_, d, _)| d.clone().sum().mul_scalar(0.0))
+            .collect();
+        read.extend(quadratics.into_iter().reduce(|a, b| a + b));
+        let values: Vec<f64> = Tensor::cat(read, 0)
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .expect("float data");
+        let quadratic = if c.kl_max.is_some() {
+            values[values.len() - 1]
+        } else {
+            f64::NAN
+        };
+        if !values.iter().all(|v| v.is_finite()) {
+            return Ok(Preconditioned {
+                quadratic,
+                ..Preconditioned::skipped(
+                    lr,
+                    "non-finite direction on a step that reuses KFAC's factors: a NaN or \
+                     infinity in the input batch, the loss or the plain gradient"
+                        .into(),
+                )
+            });
+        }
+        let scale = trust_scale(c.kl_max, lr, quadratic);
+        let mut out = GradientsParams::new();
+        let count = directions.len();
+        for (id, d, dims) in directions {
+            let d = if scale < 1.0 { d.mul_scalar(scale) } else { d };
+            register_shaped(&mut out, id, d, &dims);
+        }
+        Ok(Preconditioned {
+            directions: Some(out),
+            quadratic,
+            scale,
+            lr,
+            cg_iters: 0,
+            residual: 0.0,
+            skip_reason: None,
+            count,
+            kfac,
+            predicted: None,
+            damping,
+            reused: true,
+        })
+    }
+}

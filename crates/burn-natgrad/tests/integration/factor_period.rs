@@ -1,0 +1,223 @@
+//! KFAC with a factor period above 1: the steps between two factor updates capture nothing,
+//! take the plain gradient, and precondition it with the inverses in force, against the host
+//! oracle of `kfac.rs` (the dense Kronecker solve of the last update's factors, applied to the
+//! gradient of a captured step on the same batch); the schedule through the optimizer record;
+//! and the configurations refused.
+
+use crate::common::*;
+use crate::kfac::{
+    assert_direction, averaged, batch_factors, conv_net, kron_solve, HostFactors, Net, DAMPING,
+    DECAY,
+};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor};
+use burn_natgrad::testing::Factors;
+use burn_natgrad::{
+    AdaptiveDampingConfig, CurvatureKind, FisherKind, NaturalGradient, NaturalGradientConfig,
+};
+
+/// KFAC with factors every `factor_period` steps and inverses at every factor update.
+fn kfac(
+    fisher: FisherKind,
+    factor_period: usize,
+    limit: usize,
+    kl_max: Option<f64>,
+) -> NaturalGradient {
+    NaturalGradientConfig::new()
+        .with_fisher(fisher)
+        .with_curvature(CurvatureKind::Kfac {
+            decay: DECAY,
+            inverse_period: 1,
+        })
+        .with_damping(DAMPING)
+        .with_kfac_block_limit(limit)
+        .with_kfac_factor_period(factor_period)
+        .with_kl_max(kl_max)
+        .build()
+}
+
+/// The tensors `grads` holds for a module's trainable parameters, one host vector each, in
+/// module order.
+struct PerParam<'a> {
+    grads: &'a GradientsParams,
+    out: Vec<Vec<f64>>,
+}
+
+impl ModuleVisitor for PerParam<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(t) = self.grads.get::<D>(param.id) {
+            self.out.push(host(t));
+        }
+    }
+}
+
+fn per_param<M: Module>(model: &M, grads: &GradientsParams) -> Vec<Vec<f64>> {
+    let mut v = PerParam {
+        grads,
+        out: Vec::new(),
+    };
+    model.visit(&mut v);
+    v.out
+}
+
+/// `vec(d)ᵀ (L ⊗ R) vec(d)` of undamped host factors (`d` the block's matrix view, row-major).
+fn kron_quadratic(f: &HostFactors, d: &[f64]) -> f64 {
+    let (nr, r) = &f.right;
+    let (nl, l) = match &f.left {
+        Some((nl, l)) => (*nl, l.clone()),
+        None => (1, vec![1.0]),
+    };
+    let mut q = 0.0;
+    for i in 0..nl {
+        for j in 0..nl {
+            for o in 0..*nr {
+                for p in 0..*nr {
+                    q += d[i * nr + o] * l[i * nl + j] * r[o * nr + p] * d[j * nr + p];
+                }
+            }
+        }
+    }
+    q
+}
+
+/// Step 1 updates the factors; steps 2 and 3 reuse them on the plain gradient, which equals a
+/// captured step's on the same batch; step 4 averages step 4's factors with step 1's only.
+fn check<M: Net>(name: &str, model: M, device: &Device, fisher: FisherKind, limit: usize) {
+    let what = format!("{name} {fisher:?} block limit {limit}");
+    // A trust region that never binds, so that every step reports its dᵀFd.
+    let ng = kfac(fisher, 3, limit, Some(1e12));
+    let reference = kfac(fisher, 1, limit, None);
+    let mut optim = ng.module_optimizer();
+    assert!(
+        ng.factors_due(),
+        "{what}: a fresh optimizer updates its factors"
+    );
+    let grads = model.grads(&ng, 11, device);
+    let f1 = batch_factors(&model, &grads);
+    assert_direction(&format!("{what}, step 1"), &ng, &model, &grads, &f1);
+    let mut model = ng.step(&mut optim, 0.5, model, grads);
+    for (step, seed) in [(2, 23), (3, 29)] {
+        let what = format!("{what}, step {step}");
+        assert!(!ng.factors_due(), "{what}: reuses the factors");
+        let grads = model.grads(&ng, seed, device);
+        assert!(
+            Factors::from_grads(&model, &grads).is_err(),
+            "{what}: no factors"
+        );
+        let plain = per_param(&model, &grads);
+        let captured = model.grads(&reference, seed, device);
+        let factors = Factors::from_grads(&model, &captured).unwrap();
+        let expected_g: Vec<f64> = (0..factors.blocks.len())
+            .flat_map(|i| host(factors.gradient(i)))
+            .collect();
+        let err = rel_err(&plain.concat(), &expected_g);
+        assert!(err <= 1e-5, "{what}: plain gradient rel err {err:e}");
+
+        let pre = ng.precondition(&model, 1.0, &grads).unwrap();
+        let got = per_param(&model, pre.directions.as_ref().expect("a finite step"));
+        let expected: Vec<f64> = plain
+            .iter()
+            .zip(&f1)
+            .flat_map(|(g, f)| kron_solve(f, g, DAMPING))
+            .collect();
+        let err = rel_err(&got.concat(), &expected);
+        assert!(err <= 1e-4, "{what}: direction rel err {err:e}");
+        let q: f64 = got.iter().zip(&f1).map(|(d, f)| kron_quadratic(f, d)).sum();
+        let q_err = (pre.quadratic - q).abs() / q.abs().max(1e-30);
+        assert!(q_err <= 1e-4, "{what}: dᵀFd {} vs {q}", pre.quadratic);
+        model = ng.step(&mut optim, 0.5, model, grads);
+    }
+    assert!(ng.factors_due(), "{what}: step 4 updates the factors");
+    let grads = model.grads(&ng, 31, device);
+    let f4 = averaged(&model, &grads, &f1);
+    assert_direction(&format!("{what}, step 4"), &ng, &model, &grads, &f4);
+}
+
+#[test]
+fn reused_steps_precondition_the_plain_gradient_with_the_inverses_in_force() {
+    for (name, device) in backends() {
+        for fisher in [FisherKind::Empirical, FisherKind::Sampled { samples: 2 }] {
+            let mlp = Mlp::new(&[4, 6, 3], true, 21, &device);
+            check(name, mlp, &device, fisher, 2048);
+            check(
+                name,
+                crate::embedding_norm::TokenNet::new(&device),
+                &device,
+                fisher,
+                2048,
+            );
+            for limit in [2048, 0] {
+                check(name, conv_net(&device), &device, fisher, limit);
+            }
+        }
+    }
+}
+
+/// The count of reusing steps travels in the record: after a factor update and two reusing
+/// steps (period 3), a resumed optimizer updates the factors next, as the uninterrupted one
+/// does, with the same averages; an optimizer without them refuses reusing gradients.
+#[test]
+fn the_factor_schedule_round_trips_through_the_optimizer_record() {
+    for (name, device) in backends() {
+        let ng = kfac(FisherKind::Empirical, 3, 2048, None);
+        let mut optim = ng.module_optimizer();
+        let mut model = Mlp::new(&[4, 6, 3], true, 21, &device);
+        for seed in [11, 23, 29] {
+            let grads = model.grads(&ng, seed, &device);
+            model = ng.step(&mut optim, 0.5, model, grads);
+        }
+        let restored_ng = kfac(FisherKind::Empirical, 3, 2048, None);
+        let bytes = optim.clone().into_bytes().unwrap();
+        let restored: ModuleOptimizer = restored_ng.module_optimizer().from_bytes(bytes).unwrap();
+        assert_eq!(restored_ng.resume_from(&restored, &model), 4, "{name}");
+        assert!(
+            ng.factors_due(),
+            "{name}: the fourth step updates the factors"
+        );
+        assert!(
+            restored_ng.factors_due(),
+            "{name}: the record kept the reuse count"
+        );
+        let grads = model.grads(&ng, 31, &device);
+        let straight = directions_of(&ng, &model, 1.0, &grads);
+        let resumed = directions_of(&restored_ng, &model, 1.0, &grads);
+        let err = rel_err(&resumed, &straight);
+        assert!(err <= 1e-6, "{name}: resumed direction differs ({err:e})");
+
+        // A reusing step's gradients, for an optimizer that holds no factors.
+        let model = ng.step(&mut optim, 0.5, model, grads);
+        assert!(!ng.factors_due(), "{name}");
+        let grads = model.grads(&ng, 37, &device);
+        let fresh = kfac(FisherKind::Empirical, 3, 2048, None);
+        let err = fresh
+            .precondition(&model, 1.0, &grads)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("holds none"), "{name}: {err}");
+        let full = NaturalGradientConfig::new().build();
+        let err = full
+            .precondition(&model, 1.0, &grads)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not use KFAC"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn a_bad_factor_period_is_refused() {
+    let msg = |config: NaturalGradientConfig| config.try_build().unwrap_err().to_string();
+    let kfac = NaturalGradientConfig::new().with_curvature(CurvatureKind::kfac());
+    let m = msg(kfac.clone().with_kfac_factor_period(0));
+    assert!(
+        m.contains("`kfac_factor_period`") && m.contains("at least 1"),
+        "{m}"
+    );
+    let m = msg(NaturalGradientConfig::new().with_kfac_factor_period(2));
+    assert!(m.contains("only to CurvatureKind::Kfac"), "{m}");
+    let adaptive = kfac
+        .with_kfac_factor_period(2)
+        .with_adaptive_damping(Some(AdaptiveDampingConfig::new()));
+    let m = msg(adaptive);
+    assert!(m.contains("adaptive damping"), "{m}");
+}
