@@ -161,9 +161,11 @@ pub struct NaturalGradientConfig {
     /// its gradient with the inverses in force, so they cost about an SGD step plus the
     /// `A⁻¹ g G⁻¹` products. [`inverse_period`](CurvatureKind::Kfac::inverse_period) counts
     /// factor updates, so the inverses are recomputed every `kfac_factor_period ·
-    /// inverse_period` steps. On such a step the trust region measures `dᵀFd` with the
-    /// averaged Kronecker factors instead of the batch's rows. Not with adaptive damping, whose
-    /// rule needs the batch's Fisher. Default: 1 (every step updates the factors).
+    /// inverse_period` steps. Until the moving averages hold `⌈1 / (1 − decay)⌉` batches (20
+    /// at decay 0.95) every step updates them, so that no inverse of the first few batches'
+    /// factors serves a whole period. On a reusing step the trust region measures `dᵀFd` with
+    /// the averaged Kronecker factors instead of the batch's rows. Not with adaptive damping,
+    /// whose rule needs the batch's Fisher. Default: 1 (every step updates the factors).
     #[config(default = 1)]
     pub kfac_factor_period: usize,
     /// Conjugate-gradient iteration cap (CG solvers). Default: 50.

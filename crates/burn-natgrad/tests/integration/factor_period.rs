@@ -81,23 +81,31 @@ fn kron_quadratic(f: &HostFactors, d: &[f64]) -> f64 {
     q
 }
 
-/// Step 1 updates the factors; steps 2 and 3 reuse them on the plain gradient, which equals a
-/// captured step's on the same batch; step 4 averages step 4's factors with step 1's only.
+/// Steps 1–4 update the factors (the warm-up: `⌈1 / (1 − 0.7)⌉ = 4` batches); steps 5 and 6
+/// reuse them on the plain gradient, which equals a captured step's on the same batch; step 7
+/// averages its factors with those of steps 1–4 only.
 fn check<M: Net>(name: &str, model: M, device: &Device, fisher: FisherKind, limit: usize) {
     let what = format!("{name} {fisher:?} block limit {limit}");
     // A trust region that never binds, so that every step reports its dᵀFd.
     let ng = kfac(fisher, 3, limit, Some(1e12));
     let reference = kfac(fisher, 1, limit, None);
     let mut optim = ng.module_optimizer();
-    assert!(
-        ng.factors_due(),
-        "{what}: a fresh optimizer updates its factors"
-    );
-    let grads = model.grads(&ng, 11, device);
-    let f1 = batch_factors(&model, &grads);
-    assert_direction(&format!("{what}, step 1"), &ng, &model, &grads, &f1);
-    let mut model = ng.step(&mut optim, 0.5, model, grads);
-    for (step, seed) in [(2, 23), (3, 29)] {
+    let mut model = model;
+    let mut averages: Option<Vec<HostFactors>> = None;
+    for (step, seed) in [(1, 11), (2, 13), (3, 17), (4, 19)] {
+        let what = format!("{what}, warm-up step {step}");
+        assert!(ng.factors_due(), "{what}: updates the factors");
+        let grads = model.grads(&ng, seed, device);
+        let f = match &averages {
+            None => batch_factors(&model, &grads),
+            Some(old) => averaged(&model, &grads, old),
+        };
+        assert_direction(&what, &ng, &model, &grads, &f);
+        averages = Some(f);
+        model = ng.step(&mut optim, 0.5, model, grads);
+    }
+    let f4 = averages.expect("four updates");
+    for (step, seed) in [(5, 23), (6, 29)] {
         let what = format!("{what}, step {step}");
         assert!(!ng.factors_due(), "{what}: reuses the factors");
         let grads = model.grads(&ng, seed, device);
@@ -118,20 +126,20 @@ fn check<M: Net>(name: &str, model: M, device: &Device, fisher: FisherKind, limi
         let got = per_param(&model, pre.directions.as_ref().expect("a finite step"));
         let expected: Vec<f64> = plain
             .iter()
-            .zip(&f1)
+            .zip(&f4)
             .flat_map(|(g, f)| kron_solve(f, g, DAMPING))
             .collect();
         let err = rel_err(&got.concat(), &expected);
         assert!(err <= 1e-4, "{what}: direction rel err {err:e}");
-        let q: f64 = got.iter().zip(&f1).map(|(d, f)| kron_quadratic(f, d)).sum();
+        let q: f64 = got.iter().zip(&f4).map(|(d, f)| kron_quadratic(f, d)).sum();
         let q_err = (pre.quadratic - q).abs() / q.abs().max(1e-30);
         assert!(q_err <= 1e-4, "{what}: dᵀFd {} vs {q}", pre.quadratic);
         model = ng.step(&mut optim, 0.5, model, grads);
     }
-    assert!(ng.factors_due(), "{what}: step 4 updates the factors");
+    assert!(ng.factors_due(), "{what}: step 7 updates the factors");
     let grads = model.grads(&ng, 31, device);
-    let f4 = averaged(&model, &grads, &f1);
-    assert_direction(&format!("{what}, step 4"), &ng, &model, &grads, &f4);
+    let f7 = averaged(&model, &grads, &f4);
+    assert_direction(&format!("{what}, step 7"), &ng, &model, &grads, &f7);
 }
 
 #[test]
@@ -154,19 +162,25 @@ fn reused_steps_precondition_the_plain_gradient_with_the_inverses_in_force() {
     }
 }
 
-/// The count of reusing steps travels in the record: after a factor update and two reusing
-/// steps (period 3), a resumed optimizer updates the factors next, as the uninterrupted one
-/// does, with the same averages; an optimizer without them refuses reusing gradients.
+/// The count of reusing steps travels in the record: after the warm-up's four factor updates
+/// and two reusing steps (period 3), a resumed optimizer updates the factors next, as the
+/// uninterrupted one does, with the same averages; an optimizer without them refuses reusing
+/// gradients.
 #[test]
 fn the_factor_schedule_round_trips_through_the_optimizer_record() {
     for (name, device) in backends() {
         let ng = kfac(FisherKind::Empirical, 3, 2048, None);
         let mut optim = ng.module_optimizer();
         let mut model = Mlp::new(&[4, 6, 3], true, 21, &device);
-        for seed in [11, 23, 29] {
+        for seed in [11, 13, 17, 19, 23, 29] {
             let grads = model.grads(&ng, seed, &device);
             model = ng.step(&mut optim, 0.5, model, grads);
         }
+        assert_eq!(
+            ng.stats().reused,
+            2,
+            "{name}: steps 5 and 6 reused the factors"
+        );
         let restored_ng = kfac(FisherKind::Empirical, 3, 2048, None);
         let bytes = optim.clone().into_bytes().unwrap();
         let restored: ModuleOptimizer = restored_ng.module_optimizer().from_bytes(bytes).unwrap();
