@@ -6,8 +6,8 @@
 //! Writes `target/bench/results.csv`. The `-cb32` methods estimate the Fisher on a curvature
 //! batch of 32 examples (`NaturalGradientConfig::curvature_batch`). The `kfac-empirical-fK`
 //! methods update KFAC's factors every `K` steps (`NaturalGradientConfig::kfac_factor_period`)
-//! and run 50 measured steps per child, so that their mean step (also printed, next to the
-//! median) amortises the factor updates and inverses.
+//! and run 50 measured steps per child after their factor warm-up, so that their mean step
+//! (also printed, next to the median) amortises the factor updates and inverses.
 //!
 //! ```text
 //! cargo run --release --features flex --example bench
@@ -210,7 +210,15 @@ fn child(backend: &str, model_name: &str, batch: usize, method: &str, steps: usi
         (None, "adam") => AdamConfig::new().init(),
         _ => SgdConfig::new().init(),
     };
-    for _ in 0..3 {
+    // Warm-up steps; a factor period's also past its warm-up (every step updates the factors
+    // until the averages hold 1 / (1 − 0.95) = 20 batches), so that the measured steps are its
+    // steady state.
+    let warm_up = if method.starts_with("kfac-empirical-f") {
+        23
+    } else {
+        3
+    };
+    for _ in 0..warm_up {
         model = step(method, model, &mut optim, ng.as_ref(), &x, &y);
     }
     let mut times = Vec::with_capacity(steps);
