@@ -278,7 +278,10 @@ impl NaturalGradientConfig {
             if let Some(reason) = reason {
                 return Err(NatGradError::InvalidConfig {
                     field: "kfac_factor_period",
-                    reason: format!("a period of {} {reason}", self.kfac_factor_period),
+                    reason: format!(
+                        "is {}, but a period above 1 {reason}",
+                        self.kfac_factor_period
+                    ),
                 });
             }
         }
