@@ -4,7 +4,8 @@
 //! nothing. The model's layers run plainly, one backward pass gives the plain gradient `g` of
 //! the data loss (the sampled or exact Fisher's copies are not formed at all), and each block's
 //! direction is `A⁻¹ g G⁻¹` with the damped inverses of the last update; the factors, their
-//! moving averages and the inverse schedule are left as they are.
+//! moving averages and the inverse schedule are left as they are. Until the averages hold their
+//! time constant's worth of batches ([`warm_up`]), every step updates them.
 //!
 //! The gradients of such a step carry a marker instead of factors, so that
 //! [`NaturalGradient::precondition`] knows them from a model that was not captured (which is
