@@ -46,13 +46,14 @@ mod solver;
 #[cfg(test)]
 mod test_devices;
 pub mod testing;
+mod uncovered;
 
 // Burn's `#[derive(RecordState)]` names these at the crate root (`crate::StateSink`, …).
 pub(crate) use burn::optim::{join_path, RecordState, StateSink, StateSource};
 
 pub use capture::{Capture, CapturedFactors};
 pub use classification::NaturalGradientOutput;
-pub use config::{AdaptiveDampingConfig, CurvatureKind, NaturalGradientConfig, UncoveredPolicy};
+pub use config::{AdaptiveDampingConfig, CurvatureKind, NaturalGradientConfig};
 pub use damping::DampingAdaptation;
 pub use error::NatGradError;
 pub use fisher::FisherKind;
@@ -64,3 +65,4 @@ pub use optimizer::{NaturalGradient, StepStats};
 pub use per_example::per_example_classification;
 pub use precondition::Preconditioned;
 pub use solver::SolverKind;
+pub use uncovered::UncoveredPolicy;

@@ -23,8 +23,8 @@ use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
-use crate::config::UncoveredPolicy;
 use crate::error::NatGradError;
+use crate::uncovered::UncoveredPolicy;
 
 /// A parameter with a gradient but no factors, moved by the damped gradient `g / λ` under
 /// [`UncoveredPolicy::DampedGradient`]: its Fisher block is taken as zero.
