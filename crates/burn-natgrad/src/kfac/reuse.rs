@@ -175,11 +175,14 @@ impl NaturalGradient {
                 ..state
             });
         }
-        // One host read: a finiteness probe of the directions, and dᵀFd for the trust region.
-        let mut read: Vec<Tensor<1>> = directions
+        // One host read: a finiteness probe of the directions (the sum of their sums, times 0),
+        // and dᵀFd for the trust region.
+        let probe = directions
             .iter()
-            .map(|(_, d, _)| d.clone().sum().mul_scalar(0.0))
-            .collect();
+            .map(|(_, d, _)| d.clone().sum())
+            .reduce(|a, b| a + b)
+            .expect("at least one parameter with a KFAC state");
+        let mut read = vec![probe.mul_scalar(0.0)];
         read.extend(quadratics.into_iter().reduce(|a, b| a + b));
         let values: Vec<f64> = Tensor::cat(read, 0)
             .into_data()

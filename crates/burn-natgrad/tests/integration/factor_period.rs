@@ -235,3 +235,32 @@ fn a_bad_factor_period_is_refused() {
     let m = msg(adaptive);
     assert!(m.contains("adaptive damping"), "{m}");
 }
+
+/// A reusing step on a batch with a NaN is a step to skip, with its reason, as a captured one is.
+#[test]
+fn a_non_finite_reusing_step_is_skipped() {
+    for (name, device) in backends() {
+        let ng = kfac(FisherKind::Empirical, 3, 2048, None);
+        let mut optim = ng.module_optimizer();
+        let mut model = Mlp::new(&[4, 6, 3], true, 21, &device);
+        for seed in [11, 13, 17, 19] {
+            let grads = model.grads(&ng, seed, &device);
+            model = ng.step(&mut optim, 0.5, model, grads);
+        }
+        assert!(!ng.factors_due(), "{name}");
+        let x = tensor(23, [8, 4], 1.0, &device).slice_fill([0..1, 0..1], f32::NAN);
+        let (mut cap, x) = ng.capture(x);
+        assert!(cap.reuses_factors(), "{name}");
+        let logits = model.logits2(x, &mut cap);
+        let grads = ng
+            .classification(&model, cap, logits, labels(24, 8, 3, &device))
+            .grads;
+        let pre = ng.precondition(&model, 1.0, &grads).unwrap();
+        assert!(
+            pre.directions.is_none(),
+            "{name}: a NaN step was not skipped"
+        );
+        let reason = pre.skip_reason.unwrap_or_default();
+        assert!(reason.contains("reuses KFAC's factors"), "{name}: {reason}");
+    }
+}
