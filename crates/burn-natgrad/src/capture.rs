@@ -42,8 +42,9 @@ pub struct Capture {
     /// the classification step from the configuration.
     pub(crate) kronecker: Option<usize>,
     /// A disabled capture for a step that reuses KFAC's factors (see
-    /// [`kfac_factor_period`](crate::NaturalGradientConfig::kfac_factor_period)): the
-    /// classification step then takes the plain gradient.
+    /// [`kfac_factor_period`](crate::NaturalGradientConfig::kfac_factor_period)): it records
+    /// only the Linear layers (whose KFAC direction is cheaper from their rows), the other
+    /// layers run plainly, and the classification step takes the plain gradient.
     pub(crate) reuse: bool,
 }
 
@@ -170,8 +171,9 @@ impl Capture {
 
     /// Whether this is the capture of a step that reuses KFAC's factors instead of recording
     /// (see [`kfac_factor_period`](crate::NaturalGradientConfig::kfac_factor_period)): the
-    /// forward pass then runs the plain layers, and the classification step takes the plain
-    /// gradient.
+    /// forward pass then runs the plain layers, except [`linear`](Self::linear), which still
+    /// records its input and output gradient (no Fisher rows: only what its direction needs),
+    /// and the classification step takes the plain gradient.
     pub fn reuses_factors(&self) -> bool {
         self.reuse
     }

@@ -231,7 +231,7 @@ impl NaturalGradient {
         loss: Option<UserLoss<'_>>,
     ) -> Result<NaturalGradientOutput, NatGradError> {
         if capture.reuses_factors() {
-            return self.plain_classification(model, logits, targets, loss);
+            return self.plain_classification(model, capture, logits, targets, loss);
         }
         let kind = self.config.fisher;
         let [rows, classes] = logits.dims();

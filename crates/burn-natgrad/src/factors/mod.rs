@@ -17,7 +17,7 @@ mod rows;
 pub use block::BlockFactors;
 pub(crate) use codec::{gradient_weight_id, reuse_marker_id};
 pub use data_rows::{Block, DataRows};
-pub(crate) use rows::{expand_rows, uniform_weights};
+pub(crate) use rows::{expand_rows, fold_rows, uniform_weights};
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
@@ -116,15 +116,37 @@ impl Factors {
         })
     }
 
-    /// Every parameter of `module` with a gradient in `grads`, in module order: the plain
-    /// gradients of a step that reuses KFAC's factors (they carry no factors).
-    pub(crate) fn plain_gradients<M: Module>(
+    /// The gradients of a step that reuses KFAC's factors: the blocks of the layers it
+    /// recorded (its Linear layers, with their implicit gradient) and every other parameter
+    /// with a gradient as [`Uncovered`], in module order; no block at all is no error here.
+    /// Errors: a recorded parameter also used outside the capture, or factors that do not fit
+    /// their parameter.
+    pub(crate) fn reused<M: Module>(
         module: &M,
         grads: &GradientsParams,
-    ) -> Vec<Uncovered> {
-        let mut collector = Collector::new(grads, false);
+    ) -> Result<Self, NatGradError> {
+        let gradient_weight = grads.get::<1>(gradient_weight_id());
+        let mut collector = Collector::new(grads, gradient_weight.is_some());
         module.visit(&mut collector);
-        collector.uncovered
+        if !collector.mixed.is_empty() {
+            return Err(NatGradError::MixedUse {
+                params: collector.mixed,
+            });
+        }
+        if !collector.orphans.is_empty() {
+            return Err(NatGradError::InconsistentFactors(format!(
+                "factors without a gradient for [{}]",
+                collector.orphans.join(", ")
+            )));
+        }
+        if !collector.blocks.is_empty() {
+            check_rows(&collector.blocks)?;
+        }
+        Ok(Factors {
+            blocks: collector.blocks,
+            uncovered: collector.uncovered,
+            gradient_weight,
+        })
     }
 
     /// The minibatch gradient of block `i`, in its matrix view (computed from the factors when

@@ -1,26 +1,31 @@
 //! KFAC steps that reuse the factors in force, with a
 //! [`kfac_factor_period`](crate::NaturalGradientConfig::kfac_factor_period) above 1 (the `TCov`
-//! of KFAC-PyTorch, `alecwangcq/KFAC-Pytorch`): between two factor updates a step captures
-//! nothing. The model's layers run plainly, one backward pass gives the plain gradient `g` of
-//! the data loss (the sampled or exact Fisher's copies are not formed at all), and each block's
-//! direction is `A⁻¹ g G⁻¹` with the damped inverses of the last update; the factors, their
-//! moving averages and the inverse schedule are left as they are. Until the averages hold their
-//! time constant's worth of batches ([`warm_up`]), every step updates them.
+//! of KFAC-PyTorch, `alecwangcq/KFAC-Pytorch`): between two factor updates a step forms no
+//! Fisher rows. The model's layers run plainly except its Linear layers, which record their
+//! input and output gradient; one backward pass gives the gradient `g` of the data loss (the
+//! sampled or exact Fisher's copies are not formed at all), and each block's direction is
+//! `A⁻¹ g G⁻¹` with the damped inverses of the last update, a Linear layer's as
+//! `(A⁻¹ Xᵀ)(Δ G⁻¹)` when its batch is smaller than a side of its weight
+//! ([`factored`](super::factored)); the factors, their moving averages and the inverse schedule
+//! are left as they are. Until the averages hold their time constant's worth of batches
+//! ([`warm_up`]), every step updates them.
 //!
 //! The gradients of such a step carry a marker instead of factors, so that
 //! [`NaturalGradient::precondition`] knows them from a model that was not captured (which is
 //! refused). With a trust region, `dᵀFd` is the Kronecker approximation's own,
 //! `Σ ⟨d, A d G⟩` with the averaged factors, since there are no rows of the batch's Fisher.
 
-use burn::module::Module;
+use burn::module::{Module, ParamId};
 use burn::optim::{GradientsParams, LearningRate};
 use burn::tensor::{Int, Tensor};
 
+use super::factored::factored_direction;
 use super::{direction, KfacState};
+use crate::capture::Capture;
 use crate::classification::{user_loss, NaturalGradientOutput, UserLoss};
 use crate::config::CurvatureKind;
 use crate::error::NatGradError;
-use crate::factors::{reuse_marker_id, Factors};
+use crate::factors::{gradient_weight_id, reuse_marker_id, Factors};
 use crate::fisher::{check_targets, cross_entropy_rows};
 use crate::kfac::Kind;
 use crate::optimizer::NaturalGradient;
@@ -78,10 +83,12 @@ impl NaturalGradient {
     }
 
     /// The classification step of a step that reuses the factors: the data loss (plain
-    /// cross-entropy, or the user's), one plain backward pass, and the marker.
+    /// cross-entropy, or the user's), one backward pass, the recorded Linear layers' rows (with
+    /// gradient weight 1: the loss is already the batch mean), and the marker.
     pub(crate) fn plain_classification<M: Module>(
         &self,
         model: &M,
+        capture: Capture,
         logits: Tensor<2>,
         targets: Tensor<1, Int>,
         loss: Option<UserLoss<'_>>,
@@ -92,8 +99,16 @@ impl NaturalGradient {
             Some(loss) => user_loss(loss, logits.clone(), targets)?,
             None => cross_entropy_rows(logits.clone(), targets).mean(),
         };
-        let mut grads = GradientsParams::from_grads(loss.backward(), model);
+        let gradients = loss.backward();
+        let layers = capture.into_factors(&gradients)?;
+        let mut grads = GradientsParams::from_grads(gradients, model);
         let device = logits.device();
+        if !layers.blocks.is_empty() {
+            grads.register(gradient_weight_id(), Tensor::<1>::ones([1], &device));
+        }
+        for (id, block) in layers.blocks {
+            block.register(id, &mut grads);
+        }
         grads.register(reuse_marker_id(), Tensor::<1>::zeros([1], &device));
         Ok(NaturalGradientOutput {
             loss: loss.inner(),
@@ -121,12 +136,32 @@ impl NaturalGradient {
             ));
         }
         let damping = self.damping();
-        let gradients = Factors::plain_gradients(module, grads);
+        let factors = Factors::reused(module, grads)?;
+        // The recorded Linear layers (their gradient implicit), then every other parameter.
+        let params: Vec<(ParamId, &str, &[usize])> = factors
+            .blocks
+            .iter()
+            .map(|b| (b.id, b.path.as_str(), b.dims.as_slice()))
+            .chain(
+                factors
+                    .uncovered
+                    .iter()
+                    .map(|u| (u.id, u.path.as_str(), u.dims.as_slice())),
+            )
+            .collect();
+        let recorded = factors.blocks.len();
+        let gradient = |i: usize| -> Tensor<2> {
+            if i < recorded {
+                factors.gradient(i)
+            } else {
+                factors.uncovered[i - recorded].grad.clone()
+            }
+        };
         let states: Vec<Option<KfacState>> = {
             let shared = self.lock();
-            gradients
+            params
                 .iter()
-                .map(|g| shared.kfac.get(&g.id).cloned())
+                .map(|(id, ..)| shared.kfac.get(id).cloned())
                 .collect()
         };
         if states.iter().all(Option::is_none) {
@@ -137,11 +172,11 @@ impl NaturalGradient {
                     .into(),
             ));
         }
-        let missing: Vec<String> = gradients
+        let missing: Vec<String> = params
             .iter()
             .zip(&states)
             .filter(|(_, s)| s.is_none())
-            .map(|(g, _)| g.path.clone())
+            .map(|((_, path, _), _)| path.to_string())
             .collect();
         if !missing.is_empty() && !c.uncovered.moves() {
             return Err(NatGradError::UncapturedParameters { params: missing });
@@ -150,26 +185,31 @@ impl NaturalGradient {
             return Ok(skip);
         }
         let uncovered_scale = c.uncovered.scale(damping);
-        let mut directions = Vec::with_capacity(gradients.len());
+        let mut directions = Vec::with_capacity(params.len());
         let mut kfac = Vec::new();
         let mut quadratics = Vec::new();
-        for (g, state) in gradients.into_iter().zip(states) {
+        for (i, ((id, path, dims), state)) in params.into_iter().zip(states).enumerate() {
+            let numel = dims.iter().product::<usize>();
             let Some(state) = state else {
-                directions.push((g.id, g.grad.mul_scalar(uncovered_scale), g.dims));
+                let g = gradient(i).reshape([1, numel]);
+                directions.push((id, g.mul_scalar(uncovered_scale), dims.to_vec()));
                 continue;
             };
             let view = state.view();
-            if view[0] * view[1] != g.dims.iter().product::<usize>() {
+            if view[0] * view[1] != numel {
                 return Err(NatGradError::InconsistentFactors(format!(
-                    "`{}` has shape {:?} but its KFAC factors act on a {view:?} view",
-                    g.path, g.dims
+                    "`{path}` has shape {dims:?} but its KFAC factors act on a {view:?} view"
                 )));
             }
-            let d = direction(&state, g.grad.reshape(view));
+            let factored = match (&factors.gradient_weight, factors.blocks.get(i)) {
+                (Some(w), Some(block)) => factored_direction(&state, block, w),
+                _ => None,
+            };
+            let d = factored.unwrap_or_else(|| direction(&state, gradient(i).reshape(view)));
             if c.kl_max.is_some() {
                 quadratics.push(quadratic(&state, &d));
             }
-            directions.push((g.id, d, g.dims));
+            directions.push((id, d, dims.to_vec()));
             kfac.push(KfacState {
                 reused: Some(state.reused() + 1),
                 ..state

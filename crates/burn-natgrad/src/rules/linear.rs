@@ -69,7 +69,10 @@ impl Capture {
     ///
     /// [`NaturalGradient::capture`]: crate::NaturalGradient::capture
     pub fn linear<const D: usize>(&mut self, layer: &Linear, input: Tensor<D>) -> Tensor<D> {
-        if !self.enabled {
+        // A step that reuses KFAC's factors records its Linear layers too: their direction
+        // `(A⁻¹ Xᵀ)(Δ G⁻¹)` from the rows is cheaper than from the gradient when the batch is
+        // smaller than a side of the weight (`kfac/factored.rs`).
+        if !self.enabled && !self.reuse {
             return layer.forward(input);
         }
         assert!(

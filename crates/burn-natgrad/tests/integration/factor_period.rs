@@ -9,12 +9,13 @@ use crate::kfac::{
     assert_direction, averaged, batch_factors, conv_net, kron_solve, HostFactors, Net, DAMPING,
     DECAY,
 };
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
-use burn_natgrad::testing::Factors;
+use burn_natgrad::testing::{BlockFactors, Factors};
 use burn_natgrad::{
     AdaptiveDampingConfig, CurvatureKind, FisherKind, NaturalGradient, NaturalGradientConfig,
+    UncoveredPolicy,
 };
 
 /// KFAC with factors every `factor_period` steps and inverses at every factor update.
@@ -59,6 +60,52 @@ fn per_param<M: Module>(model: &M, grads: &GradientsParams) -> Vec<Vec<f64>> {
     };
     model.visit(&mut v);
     v.out
+}
+
+/// The gradient of every trainable parameter of a reusing step, in module order: explicit for
+/// the layers that ran plainly, implicit (`Σ xᵀΔ` of the recorded rows) for the Linear layers,
+/// which record their rows on such a step too (every model here has one). Checks that those
+/// rows are the batch's own (`n` of them, no Fisher rows) and the only blocks.
+fn reused_gradients<M: Module>(
+    what: &str,
+    model: &M,
+    grads: &GradientsParams,
+    n: usize,
+) -> Vec<Vec<f64>> {
+    let factors = Factors::collect(model, grads, UncoveredPolicy::DampedGradient)
+        .unwrap_or_else(|e| panic!("{what}: the Linear layers record their rows: {e}"));
+    for b in &factors.blocks {
+        assert!(
+            matches!(
+                b.factors,
+                BlockFactors::Weight { .. } | BlockFactors::Bias { .. }
+            ) && b.factors.rows() == n
+                && b.data.is_none(),
+            "{what}: `{}` has Fisher rows on a reusing step",
+            b.path
+        );
+    }
+    let mut ids = ParamIds(Vec::new());
+    model.visit(&mut ids);
+    ids.0
+        .into_iter()
+        .filter_map(|id| match factors.blocks.iter().position(|b| b.id == id) {
+            Some(i) => Some(host(factors.gradient(i))),
+            None => factors
+                .uncovered
+                .iter()
+                .find(|u| u.id == id)
+                .map(|u| host(u.grad.clone())),
+        })
+        .collect()
+}
+
+struct ParamIds(Vec<ParamId>);
+
+impl ModuleVisitor for ParamIds {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.push(param.id);
+    }
 }
 
 /// `vec(d)ᵀ (L ⊗ R) vec(d)` of undamped host factors (`d` the block's matrix view, row-major).
@@ -109,13 +156,14 @@ fn check<M: Net>(name: &str, model: M, device: &Device, fisher: FisherKind, limi
         let what = format!("{what}, step {step}");
         assert!(!ng.factors_due(), "{what}: reuses the factors");
         let grads = model.grads(&ng, seed, device);
-        assert!(
-            Factors::from_grads(&model, &grads).is_err(),
-            "{what}: no factors"
-        );
-        let plain = per_param(&model, &grads);
         let captured = model.grads(&reference, seed, device);
         let factors = Factors::from_grads(&model, &captured).unwrap();
+        let first = &factors.blocks[0];
+        let n = first
+            .data
+            .as_ref()
+            .map_or(first.factors.rows(), |d| d.factors.rows());
+        let plain = reused_gradients(&what, &model, &grads, n);
         let expected_g: Vec<f64> = (0..factors.blocks.len())
             .flat_map(|i| host(factors.gradient(i)))
             .collect();
@@ -148,6 +196,11 @@ fn reused_steps_precondition_the_plain_gradient_with_the_inverses_in_force() {
         for fisher in [FisherKind::Empirical, FisherKind::Sampled { samples: 2 }] {
             let mlp = Mlp::new(&[4, 6, 3], true, 21, &device);
             check(name, mlp, &device, fisher, 2048);
+            // Wider than the batch of 8: the first layer's direction comes from its rows on
+            // both sides, the second's on its output side (`kfac/factored.rs`), on captured
+            // and reusing steps alike.
+            let wide = Mlp::new(&[12, 10, 3], true, 21, &device);
+            check(name, wide, &device, fisher, 2048);
             check(
                 name,
                 crate::embedding_norm::TokenNet::new(&device),

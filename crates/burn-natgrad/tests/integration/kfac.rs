@@ -142,7 +142,8 @@ pub(crate) trait Net: Module + Clone {
 
 impl Net for Mlp {
     fn grads(&self, ng: &NaturalGradient, seed: u64, device: &Device) -> GradientsParams {
-        let (mut cap, x) = ng.capture(tensor(seed, [8, 4], 1.0, device));
+        let width = self.layers[0].weight.dims()[0];
+        let (mut cap, x) = ng.capture(tensor(seed, [8, width], 1.0, device));
         let logits = self.logits2(x, &mut cap);
         ng.classification(self, cap, logits, labels(seed + 1, 8, 3, device))
             .grads
