@@ -1,7 +1,8 @@
 """The tables of docs/batch-norm.md from the seeds.csv and evals.csv of a folder (made from the
 five runs of `mnist_cnn --batch-norm`): `python3 docs/batch-norm/summary.py [FOLDER]`, this
 script's folder (the last iterate) by default, `docs/batch-norm/averaged` for `--average 0.99`,
-`docs/batch-norm/factor-period` for KFAC with `--kfac-factor-period 10`."""
+`docs/batch-norm/factor-period` for KFAC with `--kfac-factor-period 10`, `docs/batch-norm/rows`
+for the same with the reusing steps' direction from the rows."""
 import csv
 import os
 import statistics as st

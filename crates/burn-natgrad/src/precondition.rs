@@ -109,7 +109,7 @@ impl NaturalGradient {
                         residual: None,
                         iterations: 0,
                         kfac: s.states,
-                        gradients: s.gradients,
+                        gradients: Some(s.gradients),
                     },
                     Err(reason) => return Ok(Preconditioned::skipped(lr, reason)),
                 }

@@ -9,7 +9,11 @@
 //! instead of 838 M: the same direction, up to rounding.
 //!
 //! Blocks whose rows outnumber both sides (an MLP's last layer, a convolution's `T` output
-//! positions) keep the gradient-first product of [`direction`](super::direction).
+//! positions) keep the gradient-first product of [`direction`](super::direction). Used by the
+//! steps that reuse the factors ([`reuse`](super::reuse)), whose Linear layers record their rows
+//! for it; captured steps keep the gradient-first product, so that runs with factors at every
+//! step reproduce the documented ones digit for digit (`docs/kfac.md`, "The direction from the
+//! rows").
 
 use burn::tensor::Tensor;
 

@@ -233,10 +233,9 @@ pub(crate) struct Solution {
     pub ud: Tensor<2>,
     /// The blocks' new states.
     pub states: Vec<KfacState>,
-    /// The gradients the directions were computed from, when every direction was computed
-    /// from its gradient (formed once, also for the adaptive damping's `gᵀd`); `None` when a
-    /// block's direction came from its rows ([`factored`]).
-    pub gradients: Option<Vec<Tensor<2>>>,
+    /// The gradients the directions were computed from (formed once, also for the adaptive
+    /// damping's `gᵀd`).
+    pub gradients: Vec<Tensor<2>>,
 }
 
 /// A KFAC solve of every block; `Err` names a block whose factor cannot be inverted.
@@ -256,31 +255,13 @@ pub(crate) fn solve(
             factors.blocks[i].path
         )
     })?;
-    // A weight block with fewer rows than one side of its view gets `(A⁻¹ Xᵀ)(Δ G⁻¹)`; the
-    // gradients are then formed only if the adaptive damping asks for them.
-    let factored: Vec<Option<Tensor<2>>> = states
-        .iter()
-        .zip(&factors.blocks)
-        .map(|(state, block)| {
-            let w = factors.gradient_weight.as_ref()?;
-            factored::factored_direction(state, block, w)
-        })
+    let gradients: Vec<Tensor<2>> = (0..factors.blocks.len())
+        .map(|i| factors.gradient(i))
         .collect();
-    let all_formed = factored.iter().all(Option::is_none);
-    let mut gradients = Vec::new();
     let directions: Vec<Tensor<2>> = states
         .iter()
-        .zip(factored)
-        .enumerate()
-        .map(|(i, (state, d))| {
-            d.unwrap_or_else(|| {
-                let g = factors.gradient(i);
-                if all_formed {
-                    gradients.push(g.clone());
-                }
-                direction(state, g)
-            })
-        })
+        .zip(&gradients)
+        .map(|(state, g)| direction(state, g.clone()))
         .collect();
     let blocks: Vec<_> = factors.blocks.iter().collect();
     let ud = products::project(&blocks, &directions);
@@ -288,7 +269,7 @@ pub(crate) fn solve(
         directions,
         ud,
         states,
-        gradients: all_formed.then_some(gradients),
+        gradients,
     })
 }
 
