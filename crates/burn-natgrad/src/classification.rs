@@ -128,7 +128,8 @@ impl NaturalGradient {
     /// On a KFAC step that reuses the factors (a
     /// [`kfac_factor_period`](crate::NaturalGradientConfig::kfac_factor_period) above 1, see
     /// [`factors_due`](Self::factors_due)) it returns a disabled capture that
-    /// [`Capture::reuses_factors`] and the batch as it is: the layers run plainly, and
+    /// [`Capture::reuses_factors`] and the batch as it is: the layers run plainly (the Linear
+    /// layers recording their rows, see [`Capture::linear`]), and
     /// [`classification`](Self::classification) takes the plain gradient.
     pub fn capture<const D: usize>(&self, input: Tensor<D>) -> (Capture, Tensor<D>) {
         if !self.factors_due() {

@@ -121,9 +121,10 @@ pub struct NaturalGradientConfig {
     /// KFAC: update the factors every this many steps (≥ 1; the `TCov` of the KFAC-PyTorch
     /// implementation, `alecwangcq/KFAC-Pytorch`, whose `TInv` is `inverse_period` here counted
     /// in steps). The steps in between
-    /// capture nothing: they run the model's plain forward and backward pass and precondition
-    /// its gradient with the inverses in force, so they cost about an SGD step plus the
-    /// `A⁻¹ g G⁻¹` products. [`inverse_period`](CurvatureKind::Kfac::inverse_period) counts
+    /// form no Fisher rows: they run the model's plain forward and backward pass (its Linear
+    /// layers record their input and output gradient) and precondition its gradient with the
+    /// inverses in force, a Linear layer's as `(A⁻¹ Xᵀ)(Δ G⁻¹)` when the batch is smaller than a
+    /// side of its weight, so they cost about an SGD step plus those products. [`inverse_period`](CurvatureKind::Kfac::inverse_period) counts
     /// factor updates, so the inverses are recomputed every `kfac_factor_period ·
     /// inverse_period` steps. Until the moving averages hold `⌈1 / (1 − decay)⌉` batches (20
     /// at decay 0.95) every step updates them, so that no inverse of the first few batches'

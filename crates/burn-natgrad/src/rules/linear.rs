@@ -63,9 +63,13 @@ impl Capture {
     /// per example. (If something random, such as dropout on the raw input, made the copies'
     /// inputs differ, all copies use the batch's.)
     ///
+    /// A capture of a step that reuses KFAC's factors ([`Capture::reuses_factors`]) records
+    /// here too, though it is disabled: the reusing step's direction for this layer is cheaper
+    /// from its rows than from its gradient.
+    ///
     /// # Panics
-    /// If the capture is enabled and `input` has rank 1 (no example dimension), or is not on an
-    /// autodiff device.
+    /// If the capture is enabled or reuses KFAC's factors, and `input` has rank 1 (no example
+    /// dimension) or is not on an autodiff device.
     ///
     /// [`NaturalGradient::capture`]: crate::NaturalGradient::capture
     pub fn linear<const D: usize>(&mut self, layer: &Linear, input: Tensor<D>) -> Tensor<D> {
