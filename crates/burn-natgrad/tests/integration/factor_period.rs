@@ -1,5 +1,6 @@
-//! KFAC with a factor period above 1: the steps between two factor updates capture nothing,
-//! take the plain gradient, and precondition it with the inverses in force, against the host
+//! KFAC with a factor period above 1: the steps between two factor updates form no Fisher rows
+//! (only the Linear layers record theirs, for the direction from the rows), take the plain
+//! gradient, and precondition it with the inverses in force, against the host
 //! oracle of `kfac.rs` (the dense Kronecker solve of the last update's factors, applied to the
 //! gradient of a captured step on the same batch); the schedule through the optimizer record;
 //! and the configurations refused.
@@ -196,9 +197,9 @@ fn reused_steps_precondition_the_plain_gradient_with_the_inverses_in_force() {
         for fisher in [FisherKind::Empirical, FisherKind::Sampled { samples: 2 }] {
             let mlp = Mlp::new(&[4, 6, 3], true, 21, &device);
             check(name, mlp, &device, fisher, 2048);
-            // Wider than the batch of 8: the first layer's direction comes from its rows on
-            // both sides, the second's on its output side (`kfac/factored.rs`), on captured
-            // and reusing steps alike.
+            // Wider than the batch of 8: on the reusing steps the first layer's direction
+            // comes from its rows on both sides, the second's on its output side
+            // (`kfac/factored.rs`; captured steps keep the gradient-first product).
             let wide = Mlp::new(&[12, 10, 3], true, 21, &device);
             check(name, wide, &device, fisher, 2048);
             check(
