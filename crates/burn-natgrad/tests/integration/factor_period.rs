@@ -216,6 +216,17 @@ fn reused_steps_precondition_the_plain_gradient_with_the_inverses_in_force() {
     }
 }
 
+/// The test MLP after one step of `ng` per seed (lr 0.5), and its optimizer.
+fn trained(ng: &NaturalGradient, seeds: &[u64], device: &Device) -> (ModuleOptimizer, Mlp) {
+    let mut optim = ng.module_optimizer();
+    let mut model = Mlp::new(&[4, 6, 3], true, 21, device);
+    for &seed in seeds {
+        let grads = model.grads(ng, seed, device);
+        model = ng.step(&mut optim, 0.5, model, grads);
+    }
+    (optim, model)
+}
+
 /// The count of reusing steps travels in the record: after the warm-up's four factor updates
 /// and two reusing steps (period 3), a resumed optimizer updates the factors next, as the
 /// uninterrupted one does, with the same averages; an optimizer without them refuses reusing
@@ -224,12 +235,7 @@ fn reused_steps_precondition_the_plain_gradient_with_the_inverses_in_force() {
 fn the_factor_schedule_round_trips_through_the_optimizer_record() {
     for (name, device) in backends() {
         let ng = kfac(FisherKind::Empirical, 3, 2048, None);
-        let mut optim = ng.module_optimizer();
-        let mut model = Mlp::new(&[4, 6, 3], true, 21, &device);
-        for seed in [11, 13, 17, 19, 23, 29] {
-            let grads = model.grads(&ng, seed, &device);
-            model = ng.step(&mut optim, 0.5, model, grads);
-        }
+        let (mut optim, model) = trained(&ng, &[11, 13, 17, 19, 23, 29], &device);
         assert_eq!(
             ng.stats().reused,
             2,
@@ -295,12 +301,7 @@ fn a_bad_factor_period_is_refused() {
 fn a_non_finite_reusing_step_is_skipped() {
     for (name, device) in backends() {
         let ng = kfac(FisherKind::Empirical, 3, 2048, None);
-        let mut optim = ng.module_optimizer();
-        let mut model = Mlp::new(&[4, 6, 3], true, 21, &device);
-        for seed in [11, 13, 17, 19] {
-            let grads = model.grads(&ng, seed, &device);
-            model = ng.step(&mut optim, 0.5, model, grads);
-        }
+        let (_, model) = trained(&ng, &[11, 13, 17, 19], &device);
         assert!(!ng.factors_due(), "{name}");
         let x = tensor(23, [8, 4], 1.0, &device).slice_fill([0..1, 0..1], f32::NAN);
         let (mut cap, x) = ng.capture(x);
