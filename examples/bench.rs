@@ -6,8 +6,10 @@
 //! Writes `target/bench/results.csv`. The `-cb32` methods estimate the Fisher on a curvature
 //! batch of 32 examples (`NaturalGradientConfig::curvature_batch`). The `kfac-empirical-fK`
 //! methods update KFAC's factors every `K` steps (`NaturalGradientConfig::kfac_factor_period`)
-//! and run 50 measured steps per child after their factor warm-up, so that their mean step
-//! (also printed, next to the median) amortises the factor updates and inverses.
+//! and run 50 measured steps per child (100 for `-f20` and `-f50`, whose inverses come every 100 steps) after their factor warm-up, so that
+//! their mean step (also printed, next to the median) amortises the factor updates and
+//! inverses. A `-rR` suffix gives KFAC low-rank inverses of rank `R` for its factors wider than
+//! `4R` (`NaturalGradientConfig::kfac_rank`).
 //!
 //! ```text
 //! cargo run --release --features flex --example bench
@@ -31,7 +33,7 @@ use burn_natgrad::{
     Capture, CurvatureKind, FisherKind, NaturalGradient, NaturalGradientConfig, SolverKind,
 };
 
-const METHODS: [&str; 16] = [
+const METHODS: [&str; 21] = [
     "sgd",
     "adam",
     "ngd-empirical-gram",
@@ -46,6 +48,11 @@ const METHODS: [&str; 16] = [
     "kfac-empirical-inv1",
     "kfac-empirical-f5",
     "kfac-empirical-f10",
+    "kfac-empirical-f10-r32",
+    "kfac-empirical-f10-r16",
+    "kfac-empirical-f20-r16",
+    "kfac-empirical-f50-r16",
+    "kfac-empirical-f50-r16-cb128",
     "factors",
     "forward-backward",
 ];
@@ -96,9 +103,16 @@ fn natgrad(method: &str) -> Option<NaturalGradient> {
         Some((base, m)) => (base, Some(m.parse().expect("curvature batch"))),
         None => (method, None),
     };
+    let (method, rank) = match method.rsplit_once("-r") {
+        Some((base, r)) if r.chars().all(|c| c.is_ascii_digit()) => {
+            (base, Some(r.parse().expect("rank")))
+        }
+        _ => (method, None),
+    };
     let c = NaturalGradientConfig::new()
         .with_damping(1.0)
-        .with_curvature_batch(curvature);
+        .with_curvature_batch(curvature)
+        .with_kfac_rank(rank);
     let c = match method {
         "ngd-empirical-gram" => c,
         "ngd-empirical-cg-sample" => c
@@ -134,6 +148,19 @@ fn natgrad(method: &str) -> Option<NaturalGradient> {
                 inverse_period: 5,
             })
             .with_kfac_factor_period(10),
+        // Factors every 20 steps, inverses every 100; factors every 50, inverses every 100.
+        "kfac-empirical-f20" => c
+            .with_curvature(CurvatureKind::Kfac {
+                decay: 0.95,
+                inverse_period: 5,
+            })
+            .with_kfac_factor_period(20),
+        "kfac-empirical-f50" => c
+            .with_curvature(CurvatureKind::Kfac {
+                decay: 0.95,
+                inverse_period: 2,
+            })
+            .with_kfac_factor_period(50),
         _ => return None,
     };
     Some(c.build())
@@ -288,7 +315,11 @@ fn main() {
         }
         let steps: usize = args[6].parse().expect("steps");
         // A factor period's mean step needs whole periods of factor updates and inverses.
-        let steps = if args[5].starts_with("kfac-empirical-f") {
+        let steps = if args[5].starts_with("kfac-empirical-f20")
+            || args[5].starts_with("kfac-empirical-f50")
+        {
+            steps.max(100)
+        } else if args[5].starts_with("kfac-empirical-f") {
             steps.max(50)
         } else {
             steps

@@ -3,7 +3,8 @@
 
 Runs `bench --child` for each method in turn, `ROUNDS` times over (a fresh process each), and
 reports each method's median step time and the median over rounds of its ratio to the first
-method measured in the same round. A slow spell then falls on both sides of a ratio.
+method measured in the same round, and the same for the mean step (which amortises a KFAC
+factor period's factor updates and inverses). A slow spell then falls on both sides of a ratio.
 
     cargo build --release --features flex --example bench
     scripts/paired_rounds.py target/release/examples/bench flex mlp-128 128 12 100 \
@@ -23,6 +24,7 @@ def main() -> None:
     binary, backend, model, batch, rounds, steps = sys.argv[1:7]
     methods = sys.argv[7:]
     medians = {m: [] for m in methods}
+    means = {m: [] for m in methods}
     for _ in range(int(rounds)):
         for m in methods:
             run = subprocess.run(
@@ -32,15 +34,21 @@ def main() -> None:
             fields = run.stdout.split()
             if run.returncode != 0 or len(fields) < 2:
                 sys.exit(f"error: `{m}` failed: {run.stderr.strip()}")
-            medians[m].append(statistics.median(float(x) for x in fields[1:]))
+            times = [float(x) for x in fields[1:]]
+            medians[m].append(statistics.median(times))
+            means[m].append(statistics.mean(times))
     ref = methods[0]
     print(f"{backend} {model} batch {batch}, {rounds} rounds x {steps} steps, ratios to {ref}")
     for m in methods:
         ratios = [a / s for a, s in zip(medians[m], medians[ref])]
+        mean_ratios = [a / s for a, s in zip(means[m], means[ref])]
         print(
-            f"  {m:26s} median {statistics.median(medians[m]):7.3f} ms  "
+            f"  {m:30s} median {statistics.median(medians[m]):7.3f} ms  "
             f"paired ratio median {statistics.median(ratios):.2f}x  "
-            f"range {min(ratios):.2f}-{max(ratios):.2f}"
+            f"range {min(ratios):.2f}-{max(ratios):.2f}  |  "
+            f"mean {statistics.median(means[m]):7.3f} ms  "
+            f"paired ratio median {statistics.median(mean_ratios):.2f}x  "
+            f"range {min(mean_ratios):.2f}-{max(mean_ratios):.2f}"
         )
 
 

@@ -79,6 +79,14 @@ fn bad_values_of_the_mlp_example_are_refused() {
             vec!["--curvature", "kfac", "--solver", "cg-sample"],
             "does not apply to KFAC",
         ),
+        (
+            vec!["--curvature", "kfac", "--kfac-rank", "0"],
+            "--kfac-rank must be at least 1",
+        ),
+        (
+            vec!["--curvature", "full", "--kfac-rank", "16"],
+            "applies only to CurvatureKind::Kfac",
+        ),
         (vec!["--average", "1"], "--average must lie in [0, 1)"),
         (vec!["--samples", "0"], "--samples must be at least 1"),
     ] {

@@ -133,6 +133,10 @@ pub struct CurvatureArgs {
     /// and reuse the inverses in force (KFAC-PyTorch's TCov).
     #[arg(long, default_value_t = 1)]
     pub kfac_factor_period: usize,
+    /// KFAC: factors wider than four times this get a low-rank-plus-identity inverse with this
+    /// many eigenpairs (randomized KFAC); default: every inverse dense.
+    #[arg(long)]
+    pub kfac_rank: Option<usize>,
     /// KFAC: explicit per-example rows (a convolution, LayerNorm) of at most this many entries
     /// get their exact block; a larger one-group convolution its Kronecker factors (KFC), 0:
     /// every one-group convolution.
@@ -147,6 +151,7 @@ impl CurvatureArgs {
             .with_curvature(self.kind())
             .with_kfac_block_limit(self.kfac_block_limit)
             .with_kfac_factor_period(self.kfac_factor_period)
+            .with_kfac_rank(self.kfac_rank)
     }
 
     /// Fills in `default` unless `--curvature` was given. Runs before anything reads the
@@ -176,6 +181,7 @@ impl CurvatureArgs {
         checks
             .at_least_one("kfac-inverse-period", self.kfac_inverse_period)
             .at_least_one("kfac-factor-period", self.kfac_factor_period)
+            .at_least_one("kfac-rank", self.kfac_rank.unwrap_or(1))
             .fraction("kfac-decay", self.kfac_decay);
     }
 

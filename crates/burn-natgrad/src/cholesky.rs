@@ -4,7 +4,7 @@
 
 /// `Σ a[i] b[i]` with eight independent accumulators over exact chunks (no bounds checks in the
 /// loop), so that it vectorises.
-fn dot_f64(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn dot_f64(a: &[f64], b: &[f64]) -> f64 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0.0f64; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));

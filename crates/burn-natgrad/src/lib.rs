@@ -36,6 +36,7 @@ mod factors;
 mod fisher;
 mod glue;
 mod kfac;
+mod low_rank;
 pub mod nn;
 mod optimizer;
 mod per_example;

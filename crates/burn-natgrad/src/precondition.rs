@@ -101,6 +101,7 @@ impl NaturalGradient {
                     inverse_period,
                     damping,
                     block_limit: self.config.kfac_block_limit,
+                    rank: self.config.kfac_rank,
                 };
                 match kfac::solve(&factors, |id| self.kfac_state(id), &options) {
                     Ok(s) => Solved {

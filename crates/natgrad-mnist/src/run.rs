@@ -83,7 +83,7 @@ impl OptimizerSpec {
                         decay,
                         inverse_period,
                     } => format!(
-                        "KFAC decay {decay} inverses every {inverse_period}{}{}",
+                        "KFAC decay {decay} inverses every {inverse_period}{}{}{}",
                         if config.kfac_factor_period == 1 {
                             String::new()
                         } else {
@@ -96,7 +96,10 @@ impl OptimizerSpec {
                             String::new()
                         } else {
                             format!(" block limit {}", config.kfac_block_limit)
-                        }
+                        },
+                        config
+                            .kfac_rank
+                            .map_or(String::new(), |r| format!(" rank {r}"))
                     ),
                 },
                 config

@@ -42,23 +42,18 @@ pub(crate) fn factored_direction(
     let [p, t, a] = input.dims();
     let b = output_grad.dims()[2];
     let r = p * t;
-    let g_inv = &state.right_inv;
-    if (r >= a && r >= b) || a_inv.dims() != [a, a] || g_inv.dims() != [b, b] {
+    if (r >= a && r >= b) || a_inv.dims()[0] != a || state.right_inv.dims()[0] != b {
         return None;
     }
     let x = input.clone().reshape([r, a]).transpose();
     // Rows that share an input row (the sampled Fisher's copies) are summed first.
     let weighted = output_grad.clone() * w.clone().reshape([1, 1, 1]);
     let delta = fold_rows(weighted, p).reshape([r, b]);
-    let x = if r < b { a_inv.clone().matmul(x) } else { x };
-    let delta = if r < a {
-        delta.matmul(g_inv.clone())
-    } else {
-        delta
-    };
+    let x = if r < b { state.left_mul(x) } else { x };
+    let delta = if r < a { state.right_mul(delta) } else { delta };
     let d = x.matmul(delta);
-    let d = if r < b { d } else { a_inv.clone().matmul(d) };
-    Some(if r < a { d } else { d.matmul(g_inv.clone()) })
+    let d = if r < b { d } else { state.left_mul(d) };
+    Some(if r < a { d } else { state.right_mul(d) })
 }
 
 #[cfg(test)]
@@ -120,23 +115,34 @@ mod tests {
                 (3, 6, 1, 20, 9),
                 (4, 4, 2, 20, 9),
             ] {
-                let options = KfacOptions {
-                    decay: 0.9,
-                    inverse_period: 1,
-                    damping: 0.3,
-                    block_limit: 2048,
-                };
                 let fisher = weight(p, m, t, a, b, &device);
-                let state = update(None, ParamId::new(), &fisher, &options).unwrap();
-                let w = Tensor::<1>::from_floats([0.7], &device);
-                for data in [None, Some(weight(p, p, t, a, b, &device))] {
-                    let blk = block(fisher.clone(), data.clone());
-                    let rows = data.unwrap_or_else(|| fisher.clone());
-                    let g = rows.back(&uniform_weights(rows.rows(), &w));
-                    let expected = direction(&state, g);
-                    let d = factored_direction(&state, &blk, &w).expect("rows below a side");
-                    let err = max_rel(d, expected);
-                    assert!(err < 1e-4, "{p} {m} {t} {a} {b}: relative error {err:e}");
+                // Dense inverses, and low-rank ones for the side of 20 (wider than 4 · 4).
+                for rank in [None, Some(4)] {
+                    let options = KfacOptions {
+                        decay: 0.9,
+                        inverse_period: 1,
+                        damping: 0.3,
+                        block_limit: 2048,
+                        rank,
+                    };
+                    let state = update(None, ParamId::new(), &fisher, &options).unwrap();
+                    assert_eq!(
+                        state.left_coef.is_some() || state.right_coef.is_some(),
+                        rank.is_some()
+                    );
+                    let w = Tensor::<1>::from_floats([0.7], &device);
+                    for data in [None, Some(weight(p, p, t, a, b, &device))] {
+                        let blk = block(fisher.clone(), data.clone());
+                        let rows = data.unwrap_or_else(|| fisher.clone());
+                        let g = rows.back(&uniform_weights(rows.rows(), &w));
+                        let expected = direction(&state, g);
+                        let d = factored_direction(&state, &blk, &w).expect("rows below a side");
+                        let err = max_rel(d, expected);
+                        assert!(
+                            err < 1e-4,
+                            "{p} {m} {t} {a} {b} {rank:?}: relative error {err:e}"
+                        );
+                    }
                 }
             }
         }
@@ -152,6 +158,7 @@ mod tests {
                 inverse_period: 1,
                 damping: 0.3,
                 block_limit: 2048,
+                rank: None,
             };
             let w = Tensor::<1>::from_floats([1.0], &device);
             let many = weight(30, 30, 1, 20, 9, &device);

@@ -1,13 +1,18 @@
 //! KFAC's damped factor inverses: the π-corrected factored Tikhonov damping (Martens & Grosse
 //! 2015, §6.3), planned per block ([`plan`]) and then computed for all blocks due at a step
-//! together, each a host Cholesky inverse in `f64`, spread over the machine's cores
-//! ([`run`]): the inverses of one step are independent, and on a CPU they are the largest
-//! part of KFAC's cost.
+//! together, each a host Cholesky inverse in `f64`, spread over the machine's cores ([`run`]):
+//! the inverses of one step are independent, and on a CPU they are the largest part of KFAC's
+//! cost. A factor wider than four times
+//! [`kfac_rank`](crate::NaturalGradientConfig::kfac_rank) gets a low-rank-plus-identity
+//! inverse instead ([`low_rank`](crate::low_rank)), formed while planning: its products with
+//! the factor run on the factor's device, so the factor is never read back.
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::apply::FactorInverse;
 use super::Kind;
 use crate::cholesky::cholesky_inverse;
+use crate::low_rank::low_rank_inverse;
 
 /// `(F + δI)⁻¹` of one square factor, to be computed on the host.
 pub(crate) struct HostJob {
@@ -16,19 +21,28 @@ pub(crate) struct HostJob {
     damping: f64,
 }
 
+/// The rank of a Kronecker factor's inverse of side `n` under the setting `rank`: `Some(r)`
+/// when the factor is wider than `4r` (its products then cost at most half the dense ones),
+/// `None` (dense) otherwise.
+pub(crate) fn factor_rank(n: usize, rank: Option<usize>) -> Option<usize> {
+    rank.filter(|&r| r > 0 && n > 4 * r)
+}
+
 /// One factor's inverse: a host job (and which factor it is), the index of its job once
-/// handed to [`invert_all`], or already formed (a diagonal's reciprocal).
+/// handed to [`invert_all`], already formed (a diagonal's reciprocal, a low-rank inverse), or
+/// which factor could not be inverted.
 enum Inverse {
     Host(HostJob, &'static str),
     Job(usize, &'static str),
-    Done(Box<Tensor<2>>),
+    Done(Box<FactorInverse>),
+    Failed(&'static str),
 }
 
 /// A host inverse: the factor's size and its values, or `None` if it was not positive definite.
 type Inverted = Option<(usize, Vec<f64>)>;
 
 /// A block's inverses `(left⁻¹, right⁻¹)`, or which factor could not be inverted.
-pub(crate) type BlockInverses = Result<(Option<Tensor<2>>, Tensor<2>), &'static str>;
+pub(crate) type BlockInverses = Result<(Option<FactorInverse>, FactorInverse), &'static str>;
 
 /// The inverses a block needs, before the host jobs run.
 pub(crate) struct Planned {
@@ -46,16 +60,38 @@ pub(crate) fn host(t: &Tensor<2>) -> Vec<f64> {
         .expect("float data")
 }
 
-fn job(f: &Tensor<2>, damping: f64, which: &'static str) -> Inverse {
+/// The inverse of a full factor `f` (trace `trace`): low-rank when `rank` says so (formed now,
+/// its products on `f`'s device), else a host job.
+fn job(
+    f: &Tensor<2>,
+    trace: f64,
+    damping: f64,
+    rank: Option<usize>,
+    which: &'static str,
+) -> Inverse {
     let [n, _] = f.dims();
-    Inverse::Host(
-        HostJob {
-            data: host(f),
-            n,
-            damping,
-        },
-        which,
-    )
+    let Some(r) = factor_rank(n, rank) else {
+        return Inverse::Host(
+            HostJob {
+                data: host(f),
+                n,
+                damping,
+            },
+            which,
+        );
+    };
+    let device = f.device();
+    let product = |y: &[f64], k: usize| -> Vec<f64> {
+        let y: Vec<f32> = y.iter().map(|&v| v as f32).collect();
+        host(
+            &f.clone()
+                .matmul(Tensor::from_data(TensorData::new(y, [n, k]), &device)),
+        )
+    };
+    match low_rank_inverse(product, trace, n, r, damping) {
+        Some(l) => Inverse::Done(Box::new(FactorInverse::low_rank(&l, n, &device))),
+        None => Inverse::Failed(which),
+    }
 }
 
 /// `tr F / dim F` of a square factor, or of a diagonal one stored as a column or row.
@@ -71,34 +107,45 @@ fn mean_eigenvalue(f: &Tensor<2>) -> f64 {
 
 /// The damped inverses a block's factors need: `(A + π√λ I)⁻¹` and `(G + √λ/π I)⁻¹` for a
 /// Kronecker or gather block (π balances the damping between the factors; 1 when either is
-/// degenerate), `(F + λI)⁻¹` for a whole block, the reciprocal for a diagonal.
+/// degenerate), `(F + λI)⁻¹` for a whole block, the reciprocal for a diagonal. A Kronecker or
+/// gather block's full factors wider than `4 · rank` get low-rank-plus-identity inverses.
 pub(crate) fn plan(
     kind: Kind,
     left: Option<&Tensor<2>>,
     right: &Tensor<2>,
     damping: f64,
+    rank: Option<usize>,
 ) -> Planned {
     let device = right.device();
+    let done = |inv: Tensor<2>| Inverse::Done(Box::new(FactorInverse { inv, coef: None }));
     let (left, right) = match (kind, left) {
         (Kind::Kronecker | Kind::Gather, Some(left)) => {
-            let pi = (mean_eigenvalue(left) / mean_eigenvalue(right)).sqrt();
+            let (mean_left, mean_right) = (mean_eigenvalue(left), mean_eigenvalue(right));
+            let pi = (mean_left / mean_right).sqrt();
             let pi = if pi.is_finite() && pi > 0.0 { pi } else { 1.0 };
             let root = damping.sqrt();
+            let n = |f: &Tensor<2>| f.dims()[0] as f64;
             let left = if kind == Kind::Kronecker {
-                job(left, pi * root, "its input factor A")
+                let trace = mean_left * n(left);
+                job(left, trace, pi * root, rank, "its input factor A")
             } else {
-                Inverse::Done(Box::new(left.clone().add_scalar(pi * root).recip()))
+                done(left.clone().add_scalar(pi * root).recip())
             };
-            (
-                Some(left),
-                job(right, root / pi, "its output-gradient factor G"),
-            )
+            let trace = mean_right * n(right);
+            let right = job(
+                right,
+                trace,
+                root / pi,
+                rank,
+                "its output-gradient factor G",
+            );
+            (Some(left), right)
         }
-        (Kind::Full, None) => (None, job(right, damping, "its Fisher block")),
-        (Kind::Diagonal, None) => (
+        (Kind::Full, None) => (
             None,
-            Inverse::Done(Box::new(right.clone().add_scalar(damping).recip())),
+            job(right, f64::NAN, damping, None, "its Fisher block"),
         ),
+        (Kind::Diagonal, None) => (None, done(right.clone().add_scalar(damping).recip())),
         _ => unreachable!("a left factor exactly for Kronecker and gather blocks"),
     };
     Planned {
@@ -127,14 +174,14 @@ pub(crate) fn run(planned: Vec<Planned>) -> Vec<BlockInverses> {
         slots.push((left, right, p.device));
     }
     let results = invert_all(jobs);
-    let finish = |inverse: Inverse, device: &Device| -> Result<Tensor<2>, &'static str> {
+    let finish = |inverse: Inverse, device: &Device| -> Result<FactorInverse, &'static str> {
         match inverse {
             Inverse::Job(i, which) => {
                 let (n, values) = results[i].as_ref().ok_or(which)?;
-                let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
-                Ok(Tensor::from_data(TensorData::new(values, [*n, *n]), device))
+                Ok(FactorInverse::dense(values, *n, device))
             }
-            Inverse::Done(t) => Ok(*t),
+            Inverse::Done(f) => Ok(*f),
+            Inverse::Failed(which) => Err(which),
             Inverse::Host(..) => unreachable!("every host job was handed over"),
         }
     };

@@ -24,6 +24,7 @@
 //! every `inverse_period` steps, in `f64` on the host. The state of every block travels in the
 //! optimizer record ([`state`]).
 
+mod apply;
 mod factored;
 mod inverse;
 pub(crate) mod reuse;
@@ -69,6 +70,9 @@ pub(crate) struct KfacOptions {
     /// Explicit rows of at most this many entries get their whole block `UᵀU`, longer ones
     /// their diagonal.
     pub block_limit: usize,
+    /// Kronecker factors wider than `4 · rank` get low-rank-plus-identity inverses with this
+    /// many eigenpairs; `None`: every inverse dense.
+    pub rank: Option<usize>,
 }
 
 /// The batch's factors of one block: its kind, left factor (if any) and right factor.
@@ -153,15 +157,29 @@ pub(crate) fn begin_update(
         ),
         None => (left, right, 0, None),
     };
-    let kept = previous
-        .filter(|p| !updates.is_multiple_of(o.inverse_period as u64) && p.damping == o.damping);
+    // The inverses in force are kept unless due, or computed with another damping or rank.
+    let low = |f: Option<&Tensor<2>>| {
+        kind != Kind::Full && f.is_some_and(|f| inverse::factor_rank(f.dims()[0], o.rank).is_some())
+    };
+    let same_form = |p: &KfacState| {
+        p.left_coef.is_some() == (kind == Kind::Kronecker && low(left.as_ref()))
+            && p.right_coef.is_some() == low(Some(&right))
+    };
+    let kept = previous.filter(|p| {
+        !updates.is_multiple_of(o.inverse_period as u64) && p.damping == o.damping && same_form(p)
+    });
     let planned = kept
         .is_none()
-        .then(|| inverse::plan(kind, left.as_ref(), &right, o.damping));
+        .then(|| inverse::plan(kind, left.as_ref(), &right, o.damping, o.rank));
     // Until the plan runs, the right inverse is a placeholder (the factor itself).
-    let (left_inv, right_inv) = match kept {
-        Some(p) => (p.left_inv.clone(), p.right_inv.clone()),
-        None => (None, right.clone()),
+    let (left_inv, right_inv, left_coef, right_coef) = match kept {
+        Some(p) => (
+            p.left_inv.clone(),
+            p.right_inv.clone(),
+            p.left_coef.clone(),
+            p.right_coef.clone(),
+        ),
+        None => (None, right.clone(), None, None),
     };
     Pending {
         state: KfacState {
@@ -171,6 +189,8 @@ pub(crate) fn begin_update(
             right,
             left_inv,
             right_inv,
+            left_coef,
+            right_coef,
             updates: updates + 1,
             damping: o.damping,
             reused: None,
@@ -191,12 +211,15 @@ pub(crate) fn finish_updates(
     let mut inverses = inverse::run(plans.into_iter().flatten().collect()).into_iter();
     let mut states = states;
     for i in due {
-        let (left_inv, right_inv) = inverses
+        let (left, right) = inverses
             .next()
             .expect("one result per plan")
             .map_err(|which| (i, which))?;
+        let (left_inv, left_coef) = left.map_or((None, None), |l| (Some(l.inv), l.coef));
         states[i].left_inv = left_inv;
-        states[i].right_inv = right_inv;
+        states[i].left_coef = left_coef;
+        states[i].right_inv = right.inv;
+        states[i].right_coef = right.coef;
     }
     Ok(states)
 }
@@ -217,8 +240,8 @@ pub(crate) fn update(
 /// The KFAC direction of a gradient `g` in the block's matrix view.
 pub(crate) fn direction(state: &KfacState, g: Tensor<2>) -> Tensor<2> {
     match (state.kind(), &state.left_inv) {
-        (Some(Kind::Kronecker), Some(a)) => a.clone().matmul(g).matmul(state.right_inv.clone()),
-        (Some(Kind::Gather), Some(a)) => (g * a.clone()).matmul(state.right_inv.clone()),
+        (Some(Kind::Kronecker), Some(_)) => state.right_mul(state.left_mul(g)),
+        (Some(Kind::Gather), Some(a)) => state.right_mul(g * a.clone()),
         (Some(Kind::Full), None) => g.matmul(state.right_inv.clone()),
         (Some(Kind::Diagonal), None) => g * state.right_inv.clone(),
         _ => unreachable!("update builds consistent states"),
@@ -293,6 +316,7 @@ mod tests {
             inverse_period: 1,
             damping,
             block_limit: LIMIT,
+            rank: None,
         }
     }
 
@@ -345,6 +369,33 @@ mod tests {
             let block = BlockFactors::Bias { output_grad: rows };
             let err = update(None, ParamId::new(), &block, &options(1.0)).unwrap_err();
             assert_eq!(err, "its Fisher block");
+        }
+    }
+
+    /// A Kronecker factor wider than `4 · rank` gets a low-rank inverse, a narrower one a
+    /// dense inverse; a change of the rank setting recomputes the inverses before their period
+    /// is up.
+    #[test]
+    fn the_rank_decides_each_factors_form_and_a_new_rank_inverts_again() {
+        for device in cpu_devices() {
+            let normal = Distribution::Normal(0.0, 1.0);
+            let block = BlockFactors::Weight {
+                input: Tensor::random([6, 1, 30], normal, &device),
+                output_grad: Tensor::random([6, 1, 9], normal, &device),
+            };
+            let id = ParamId::new();
+            let mut o = options(0.5);
+            o.inverse_period = 3;
+            let dense = update(None, id, &block, &o).unwrap();
+            assert!(dense.left_coef.is_none() && dense.right_coef.is_none());
+            o.rank = Some(4);
+            let low = update(Some(&dense), id, &block, &o).unwrap();
+            assert_eq!(low.left_inv.as_ref().map(|u| u.dims()), Some([30, 4]));
+            assert_eq!(low.left_coef.as_ref().map(|c| c.dims()), Some([1, 5]));
+            assert!(low.right_coef.is_none(), "9 is not wider than 16");
+            o.rank = None;
+            let again = update(Some(&low), id, &block, &o).unwrap();
+            assert_eq!(again.left_inv.as_ref().map(|u| u.dims()), Some([30, 30]));
         }
     }
 

@@ -26,10 +26,16 @@ pub struct KfacState {
     pub(crate) left: Option<Tensor<2>>,
     /// The output-gradient factor `G`, the whole block, or its diagonal (`[1, n]`).
     pub(crate) right: Tensor<2>,
-    /// The damped inverse of `left`.
+    /// The damped inverse of `left`, or the basis `U` of its low-rank-plus-identity form
+    /// ([`kfac_rank`](crate::NaturalGradientConfig::kfac_rank); see `left_coef`).
     pub(crate) left_inv: Option<Tensor<2>>,
-    /// The damped inverse of `right`.
+    /// The damped inverse of `right`, or the basis of its low-rank form.
     pub(crate) right_inv: Tensor<2>,
+    /// `[c₁ … c_r, s]` of a low-rank-plus-identity left inverse `U diag(c) Uᵀ + sI`; `None`
+    /// for a dense one (and in records written before the rank existed).
+    pub(crate) left_coef: Option<Tensor<2>>,
+    /// The same for the right inverse.
+    pub(crate) right_coef: Option<Tensor<2>>,
     /// How many batches the averages hold.
     pub(crate) updates: u64,
     /// The damping the inverses were computed with (they are recomputed when it moves).
@@ -73,6 +79,8 @@ impl KfacState {
             right: move_to(self.right),
             left_inv: self.left_inv.map(move_to),
             right_inv: move_to(self.right_inv),
+            left_coef: self.left_coef.map(move_to),
+            right_coef: self.right_coef.map(move_to),
             ..self
         }
     }

@@ -77,6 +77,17 @@ fn invalid_configs_are_rejected_before_training() {
         assert!(msg.contains("`solver`") && msg.contains("KFAC"), "{msg}");
     }
     assert!(kfac(0.0, 1).try_build().is_ok());
+    let msg = config_error(kfac(0.95, 10).with_kfac_rank(Some(0)));
+    assert!(
+        msg.contains("`kfac_rank`") && msg.contains("at least 1"),
+        "{msg}"
+    );
+    let msg = config_error(NaturalGradientConfig::new().with_kfac_rank(Some(16)));
+    assert!(
+        msg.contains("`kfac_rank`") && msg.contains("CurvatureKind::Kfac"),
+        "{msg}"
+    );
+    assert!(kfac(0.95, 10).with_kfac_rank(Some(16)).try_build().is_ok());
     // build() and init() panic with the same message.
     let msg = panic_message(|| {
         NaturalGradientConfig::new().with_damping(0.0).init();

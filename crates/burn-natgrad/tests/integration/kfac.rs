@@ -175,10 +175,6 @@ pub(crate) fn conv_net(device: &Device) -> ConvNet {
     ConvNet::new(config, [6, 5], 3, 31, device)
 }
 
-fn kfac(fisher: FisherKind, inverse_period: usize) -> NaturalGradient {
-    kfac_limited(fisher, inverse_period, 2048)
-}
-
 /// KFAC with the block limit `limit` (0: a convolution gets its Kronecker factors).
 fn kfac_limited(fisher: FisherKind, inverse_period: usize, limit: usize) -> NaturalGradient {
     NaturalGradientConfig::new()
@@ -256,6 +252,52 @@ fn kfac_matches_a_dense_kronecker_solve() {
     }
 }
 
+/// With [`kfac_rank`](NaturalGradientConfig::kfac_rank) 8, the first layer's `40 × 40` input
+/// factor gets a low-rank-plus-identity inverse; a batch of 8 gives it rank 8, so the low-rank
+/// form is exact and the direction is the dense Kronecker solve's (step 2 reuses step 1's
+/// inverses). The moving average of two batches has rank 16: the inverses then differ from
+/// the dense ones, but by less than the factor's tail.
+#[test]
+fn kfac_with_a_rank_covering_the_factor_matches_the_dense_solve() {
+    for (name, device) in backends() {
+        for fisher in [FisherKind::Empirical, FisherKind::Sampled { samples: 2 }] {
+            let what = format!("{name} {fisher:?} rank 8");
+            let config = |period| {
+                NaturalGradientConfig::new()
+                    .with_fisher(fisher)
+                    .with_curvature(CurvatureKind::Kfac {
+                        decay: DECAY,
+                        inverse_period: period,
+                    })
+                    .with_damping(DAMPING)
+                    .with_kfac_rank(Some(8))
+            };
+            let ng = config(3).build();
+            let mut optim = ng.module_optimizer();
+            let model = Mlp::new(&[40, 6, 3], true, 21, &device);
+            let grads1 = model.grads(&ng, 11, &device);
+            let f1: Vec<HostFactors> = batch_factors(&model, &grads1);
+            assert_direction(&format!("{what}, step 1"), &ng, &model, &grads1, &f1);
+            let model = ng.step(&mut optim, 0.5, model, grads1);
+            let grads2 = model.grads(&ng, 23, &device);
+            assert_direction(&format!("{what}, step 2"), &ng, &model, &grads2, &f1);
+            // Inverting the average (period 1): no longer the dense solve.
+            let every = config(1).build();
+            let mut optim = every.module_optimizer();
+            let model = Mlp::new(&[40, 6, 3], true, 21, &device);
+            let grads1 = model.grads(&every, 11, &device);
+            let f1: Vec<HostFactors> = batch_factors(&model, &grads1);
+            let model = every.step(&mut optim, 0.5, model, grads1);
+            let grads2 = model.grads(&every, 23, &device);
+            let f2 = averaged(&model, &grads2, &f1);
+            let msg = panic_message(|| {
+                assert_direction(&what, &every, &model, &grads2, &f2);
+            });
+            assert!(msg.contains("rel err"), "{what}: {msg}");
+        }
+    }
+}
+
 /// When the adaptive damping moves `λ`, the inverses are recomputed at the next step even
 /// before their period is up: step 2 inverts the moving average at the new damping.
 #[test]
@@ -290,9 +332,30 @@ fn kfac_inverts_again_when_the_damping_moves() {
 #[test]
 fn kfac_state_round_trips_through_the_optimizer_record() {
     for (name, device) in backends() {
+        for (width, rank) in [(4, None), (40, Some(8))] {
+            round_trip(&format!("{name} rank {rank:?}"), width, rank, &device);
+        }
+    }
+}
+
+/// The record test of one width of the test MLP's input and one `kfac_rank`.
+fn round_trip(name: &str, width: usize, rank: Option<usize>, device: &Device) {
+    let kfac = |fisher, period| {
+        NaturalGradientConfig::new()
+            .with_fisher(fisher)
+            .with_curvature(CurvatureKind::Kfac {
+                decay: DECAY,
+                inverse_period: period,
+            })
+            .with_damping(DAMPING)
+            .with_kfac_rank(rank)
+            .build()
+    };
+    {
+        let device = device.clone();
         let ng = kfac(FisherKind::Empirical, 3);
         let mut optim = ng.module_optimizer();
-        let mut model = Mlp::new(&[4, 6, 3], true, 21, &device);
+        let mut model = Mlp::new(&[width, 6, 3], true, 21, &device);
         for seed in [11, 23] {
             let grads = model.grads(&ng, seed, &device);
             model = ng.step(&mut optim, 0.5, model, grads);

@@ -1,0 +1,119 @@
+//! How a block's damped factor inverses act on a matrix: `A⁻¹ V` on the left, `V G⁻¹` on the
+//! right. An inverse is stored dense (`[n, n]`), or, with
+//! [`kfac_rank`](crate::NaturalGradientConfig::kfac_rank), as a low-rank-plus-identity
+//! `U diag(c) Uᵀ + s I` ([`low_rank`](crate::low_rank)): the basis `U` (`[n, r]`) in the
+//! inverse's place and `[c₁ … c_r, s]` (`[1, r + 1]`) beside it, so that a product costs
+//! `2·n·r` multiply-adds per column instead of `n²`.
+
+use burn::tensor::{Tensor, TensorData};
+
+use super::KfacState;
+use crate::low_rank::LowRankInverse;
+
+/// A factor's damped inverse on the device: dense (`coef` `None`), or the basis `U` and the
+/// coefficients `[c, s]` of a low-rank-plus-identity one.
+#[derive(Clone, Debug)]
+pub(crate) struct FactorInverse {
+    pub inv: Tensor<2>,
+    pub coef: Option<Tensor<2>>,
+}
+
+impl FactorInverse {
+    /// A dense `n × n` inverse from its host values.
+    pub(crate) fn dense(values: &[f64], n: usize, device: &burn::tensor::Device) -> Self {
+        let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+        Self {
+            inv: Tensor::from_data(TensorData::new(values, [n, n]), device),
+            coef: None,
+        }
+    }
+
+    /// A low-rank-plus-identity inverse of an `n × n` factor from its host form.
+    pub(crate) fn low_rank(l: &LowRankInverse, n: usize, device: &burn::tensor::Device) -> Self {
+        let r = l.coef.len();
+        let basis: Vec<f32> = l.basis.iter().map(|&v| v as f32).collect();
+        let coef: Vec<f32> = l
+            .coef
+            .iter()
+            .chain([l.scale].iter())
+            .map(|&v| v as f32)
+            .collect();
+        Self {
+            inv: Tensor::from_data(TensorData::new(basis, [n, r]), device),
+            coef: Some(Tensor::from_data(TensorData::new(coef, [1, r + 1]), device)),
+        }
+    }
+}
+
+/// `(c, s)` of coefficients `[c₁ … c_r, s]`: `c` as `[1, r]`, `s` as `[1, 1]`.
+fn split(coef: &Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+    let r = coef.dims()[1] - 1;
+    (coef.clone().narrow(1, 0, r), coef.clone().narrow(1, r, 1))
+}
+
+/// `M⁻¹ v` for an inverse `inv` (dense, or the basis of a low-rank one with `coef`).
+pub(crate) fn left_mul(inv: &Tensor<2>, coef: Option<&Tensor<2>>, v: Tensor<2>) -> Tensor<2> {
+    match coef {
+        None => inv.clone().matmul(v),
+        Some(coef) => {
+            let (c, s) = split(coef);
+            let projected = inv.clone().transpose().matmul(v.clone()) * c.transpose();
+            v * s + inv.clone().matmul(projected)
+        }
+    }
+}
+
+/// `v M⁻¹` for an inverse `inv` (dense, or the basis of a low-rank one with `coef`).
+pub(crate) fn right_mul(v: Tensor<2>, inv: &Tensor<2>, coef: Option<&Tensor<2>>) -> Tensor<2> {
+    match coef {
+        None => v.matmul(inv.clone()),
+        Some(coef) => {
+            let (c, s) = split(coef);
+            let projected = v.clone().matmul(inv.clone()) * c;
+            v * s + projected.matmul(inv.clone().transpose())
+        }
+    }
+}
+
+impl KfacState {
+    /// `A⁻¹ v` with the block's left inverse.
+    pub(crate) fn left_mul(&self, v: Tensor<2>) -> Tensor<2> {
+        let inv = self.left_inv.as_ref().expect("a block with a left factor");
+        left_mul(inv, self.left_coef.as_ref(), v)
+    }
+
+    /// `v G⁻¹` with the block's right inverse.
+    pub(crate) fn right_mul(&self, v: Tensor<2>) -> Tensor<2> {
+        right_mul(v, &self.right_inv, self.right_coef.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_devices::cpu_devices;
+    use burn::tensor::Distribution;
+
+    /// Both products of a low-rank inverse equal the dense matrix `U diag(c) Uᵀ + sI`.
+    #[test]
+    fn low_rank_products_are_the_dense_ones() {
+        for device in cpu_devices() {
+            let (n, r, m) = (9, 3, 4);
+            let normal = Distribution::Normal(0.0, 1.0);
+            let u = Tensor::<2>::random([n, r], normal, &device);
+            let coef = Tensor::<2>::from_floats([[0.5, -0.25, 2.0, 0.75]], &device);
+            let c = coef.clone().narrow(1, 0, r);
+            let dense = u.clone().matmul((u.clone() * c).transpose())
+                + Tensor::<2>::eye(n, &device).mul_scalar(0.75);
+            let v = Tensor::<2>::random([n, m], normal, &device);
+            let w = Tensor::<2>::random([m, n], normal, &device);
+            let scale = dense.clone().abs().max().into_scalar::<f32>();
+            let left = left_mul(&u, Some(&coef), v.clone()) - dense.clone().matmul(v);
+            let right = right_mul(w.clone(), &u, Some(&coef)) - w.matmul(dense);
+            for err in [left, right] {
+                let err = err.abs().max().into_scalar::<f32>() / scale;
+                assert!(err < 1e-5, "relative error {err:e}");
+            }
+        }
+    }
+}
