@@ -46,6 +46,10 @@ pub struct Capture {
     /// only the Linear layers (whose KFAC direction is cheaper from their rows), the other
     /// layers run plainly, and the classification step takes the plain gradient.
     pub(crate) reuse: bool,
+    /// On such a step, the configuration's
+    /// [`kfac_rank`](crate::NaturalGradientConfig::kfac_rank): with low-rank inverses a Linear
+    /// layer records only where its rows pay ([`rows_pay`](crate::kfac::rows_pay)).
+    pub(crate) reuse_rank: Option<usize>,
 }
 
 /// The sampled Fisher's stacked batch: the `batch` examples, then `samples` copies of the first
@@ -147,6 +151,7 @@ impl Capture {
             stack: None,
             kronecker: None,
             reuse: false,
+            reuse_rank: None,
         }
     }
 
@@ -158,13 +163,16 @@ impl Capture {
             stack: None,
             kronecker: None,
             reuse: false,
+            reuse_rank: None,
         }
     }
 
-    /// The disabled capture of a step that reuses KFAC's factors.
-    pub(crate) fn reusing() -> Self {
+    /// The disabled capture of a step that reuses KFAC's factors, whose inverses have the
+    /// configuration's `rank`.
+    pub(crate) fn reusing(rank: Option<usize>) -> Self {
         Self {
             reuse: true,
+            reuse_rank: rank,
             ..Self::disabled()
         }
     }

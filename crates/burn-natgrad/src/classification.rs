@@ -133,7 +133,7 @@ impl NaturalGradient {
     /// [`classification`](Self::classification) takes the plain gradient.
     pub fn capture<const D: usize>(&self, input: Tensor<D>) -> (Capture, Tensor<D>) {
         if !self.factors_due() {
-            return (Capture::reusing(), input);
+            return (Capture::reusing(self.config.kfac_rank), input);
         }
         let samples = match self.config.fisher {
             FisherKind::Empirical => return (Capture::new(), input),

@@ -26,6 +26,7 @@
 
 mod apply;
 mod factored;
+pub(crate) use factored::rows_pay;
 mod inverse;
 pub(crate) mod reuse;
 pub(crate) mod state;

@@ -65,7 +65,10 @@ impl Capture {
     ///
     /// A capture of a step that reuses KFAC's factors ([`Capture::reuses_factors`]) records
     /// here too, though it is disabled: the reusing step's direction for this layer is cheaper
-    /// from its rows than from its gradient.
+    /// from its rows than from its gradient. With low-rank inverses
+    /// ([`kfac_rank`](crate::NaturalGradientConfig::kfac_rank)) only where the rows at least
+    /// halve the products with the inverses; otherwise the layer runs plainly and its
+    /// direction comes from its gradient.
     ///
     /// # Panics
     /// If the capture is enabled or reuses KFAC's factors, and `input` has rank 1 (no example
@@ -98,6 +101,12 @@ impl Capture {
         let n = dims[0];
         let d_in = dims[D - 1];
         let t: usize = dims[1..D - 1].iter().product();
+        if !self.enabled {
+            let d_out = layer.weight.dims()[1];
+            if !crate::kfac::rows_pay(n * t, d_in, d_out, self.reuse_rank) {
+                return layer.forward(input);
+            }
+        }
         // A layer whose input carries no gradient (it derives from the data alone) sees in each
         // stacked copy the rows of the batch it copies: it is computed once, on the batch, and
         // the copies' output rows are copied. This spares the sampled Fisher `k` copies of

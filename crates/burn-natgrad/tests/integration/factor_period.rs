@@ -26,7 +26,19 @@ fn kfac(
     limit: usize,
     kl_max: Option<f64>,
 ) -> NaturalGradient {
+    kfac_ranked(fisher, factor_period, limit, kl_max, None)
+}
+
+/// [`kfac`] with the inverses' [`kfac_rank`](NaturalGradientConfig::kfac_rank).
+fn kfac_ranked(
+    fisher: FisherKind,
+    factor_period: usize,
+    limit: usize,
+    kl_max: Option<f64>,
+    rank: Option<usize>,
+) -> NaturalGradient {
     NaturalGradientConfig::new()
+        .with_kfac_rank(rank)
         .with_fisher(fisher)
         .with_curvature(CurvatureKind::Kfac {
             decay: DECAY,
@@ -65,16 +77,27 @@ fn per_param<M: Module>(model: &M, grads: &GradientsParams) -> Vec<Vec<f64>> {
 
 /// The gradient of every trainable parameter of a reusing step, in module order: explicit for
 /// the layers that ran plainly, implicit (`Σ xᵀΔ` of the recorded rows) for the Linear layers,
-/// which record their rows on such a step too (every model here has one). Checks that those
-/// rows are the batch's own (`n` of them, no Fisher rows) and the only blocks.
+/// which record their rows on such a step too (every model here has one) when `rows` says so.
+/// Checks that those rows are the batch's own (`n` of them, no Fisher rows) and the only
+/// blocks; without `rows`, that nothing was recorded.
 fn reused_gradients<M: Module>(
     what: &str,
     model: &M,
     grads: &GradientsParams,
     n: usize,
+    rows: bool,
 ) -> Vec<Vec<f64>> {
-    let factors = Factors::collect(model, grads, UncoveredPolicy::DampedGradient)
-        .unwrap_or_else(|e| panic!("{what}: the Linear layers record their rows: {e}"));
+    let collected = Factors::collect(model, grads, UncoveredPolicy::DampedGradient);
+    if !rows {
+        let msg = collected.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            msg.contains("no per-example factors"),
+            "{what}: rows recorded: {msg}"
+        );
+        return per_param(model, grads);
+    }
+    let factors =
+        collected.unwrap_or_else(|e| panic!("{what}: the Linear layers record their rows: {e}"));
     for b in &factors.blocks {
         assert!(
             matches!(
@@ -133,10 +156,22 @@ fn kron_quadratic(f: &HostFactors, d: &[f64]) -> f64 {
 /// reuse them on the plain gradient, which equals a captured step's on the same batch; step 7
 /// averages its factors with those of steps 1–4 only.
 fn check<M: Net>(name: &str, model: M, device: &Device, fisher: FisherKind, limit: usize) {
-    let what = format!("{name} {fisher:?} block limit {limit}");
+    check_ranked(name, model, device, fisher, limit, None);
+}
+
+/// [`check`] with the inverses' `rank`.
+fn check_ranked<M: Net>(
+    name: &str,
+    model: M,
+    device: &Device,
+    fisher: FisherKind,
+    limit: usize,
+    rank: Option<usize>,
+) {
+    let what = format!("{name} {fisher:?} block limit {limit} rank {rank:?}");
     // A trust region that never binds, so that every step reports its dᵀFd.
-    let ng = kfac(fisher, 3, limit, Some(1e12));
-    let reference = kfac(fisher, 1, limit, None);
+    let ng = kfac_ranked(fisher, 3, limit, Some(1e12), rank);
+    let reference = kfac_ranked(fisher, 1, limit, None, rank);
     let mut optim = ng.module_optimizer();
     let mut model = model;
     let mut averages: Option<Vec<HostFactors>> = None;
@@ -164,7 +199,7 @@ fn check<M: Net>(name: &str, model: M, device: &Device, fisher: FisherKind, limi
             .data
             .as_ref()
             .map_or(first.factors.rows(), |d| d.factors.rows());
-        let plain = reused_gradients(&what, &model, &grads, n);
+        let plain = reused_gradients(&what, &model, &grads, n, rank.is_none());
         let expected_g: Vec<f64> = (0..factors.blocks.len())
             .flat_map(|i| host(factors.gradient(i)))
             .collect();
@@ -202,6 +237,11 @@ fn reused_steps_precondition_the_plain_gradient_with_the_inverses_in_force() {
             // (`kfac/factored.rs`; captured steps keep the gradient-first product).
             let wide = Mlp::new(&[12, 10, 3], true, 21, &device);
             check(name, wide, &device, fisher, 2048);
+            // Low-rank inverses of the first layer's 164-wide input factor, exact while its
+            // rank (8 per batch, 40 after five) is within 40; its rows would not halve the
+            // products, so the reusing steps take its plain gradient (`kfac::rows_pay`).
+            let ranked = Mlp::new(&[164, 2, 3], true, 21, &device);
+            check_ranked(name, ranked, &device, fisher, 2048, Some(40));
             check(
                 name,
                 crate::embedding_norm::TokenNet::new(&device),
