@@ -232,32 +232,44 @@ fn kfac_with_adaptive_damping_trains_through_the_learner() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
-/// KFAC with factors every third step through the Learner on the fixture: after the warm-up
-/// (decay 0.5: two updates), two steps of three reuse the factors (their plain gradients travel
-/// through the Learner's `optimize` with their marker), the loss falls, and no step is skipped.
+/// KFAC with factors every third step through the Learner on the fixture, with dense inverses
+/// and with low-rank ones (rank 16: the first layer's `784 × 784` input factor): after the
+/// warm-up (decay 0.5: two updates), two steps of three reuse the factors (their plain gradients
+/// travel through the Learner's `optimize` with their marker), the loss falls, and no step is
+/// skipped.
 #[test]
 fn kfac_with_a_factor_period_trains_through_the_learner() {
     let data = MnistData::from_dir(&fixture())
         .unwrap()
         .limit_train(Some(1920));
-    let spec = OptimizerSpec::Ngd {
-        config: NaturalGradientConfig::new()
-            .with_curvature(CurvatureKind::Kfac {
-                decay: 0.5,
-                inverse_period: 10,
-            })
-            .with_damping(0.03)
-            .with_kfac_factor_period(3),
-        lr: 0.1,
-    };
-    let out = std::env::temp_dir().join(format!("natgrad-mnist-tcov-{}", std::process::id()));
-    let r = run(&spec, &data, &options(), &out);
-    let steps = r.step_losses.len() as u64;
-    // Steps 1 and 2 update (the warm-up); then 3 and 4 reuse, 5 updates, and so on.
-    let after = steps - 2;
-    assert_eq!(r.reused_steps, after - after / 3, "two steps of three");
-    assert_trains(&r);
-    let _ = std::fs::remove_dir_all(&out);
+    for rank in [None, Some(16)] {
+        let spec = OptimizerSpec::Ngd {
+            config: NaturalGradientConfig::new()
+                .with_curvature(CurvatureKind::Kfac {
+                    decay: 0.5,
+                    inverse_period: 10,
+                })
+                .with_damping(0.03)
+                .with_kfac_factor_period(3)
+                .with_kfac_rank(rank),
+            lr: 0.1,
+        };
+        let out = std::env::temp_dir().join(format!(
+            "natgrad-mnist-tcov-{}-{rank:?}",
+            std::process::id()
+        ));
+        let r = run(&spec, &data, &options(), &out);
+        let steps = r.step_losses.len() as u64;
+        // Steps 1 and 2 update (the warm-up); then 3 and 4 reuse, 5 updates, and so on.
+        let after = steps - 2;
+        assert_eq!(
+            r.reused_steps,
+            after - after / 3,
+            "rank {rank:?}: two steps of three"
+        );
+        assert_trains(&r);
+        let _ = std::fs::remove_dir_all(&out);
+    }
 }
 
 #[test]
