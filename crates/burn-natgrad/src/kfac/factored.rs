@@ -63,8 +63,8 @@ pub(crate) fn factored_direction(
 /// low-rank ones ([`kfac_rank`](crate::NaturalGradientConfig::kfac_rank)) when the rows at
 /// least halve the multiply-adds of the products with the inverses. A low-rank product is cheap
 /// next to the capture itself: on the MLP 784-128-10 at batch 128 and 512 (paired rounds,
-/// `docs/kfac.md`, "Low-rank inverses") the rows, which spare a third of those products and a
-/// sixth, made the reusing step slower than its gradient.
+/// `docs/kfac.md`, "Low-rank inverses") the rows, which would spare two fifths of those
+/// products at batch 128 and a sixth at 512, made the reusing step slower than its gradient.
 pub(crate) fn rows_pay(rows: usize, a: usize, b: usize, rank: Option<usize>) -> bool {
     let Some(r) = rank else {
         return true;
@@ -171,8 +171,6 @@ mod tests {
         }
     }
 
-    /// Rows at least as many as both sides, or an explicit gradient, keep the gradient-first
-    /// product.
     /// Dense inverses always take the rows; low-rank ones where the rows halve their products:
     /// the guide CNN's first Linear layer (1024 → 512, batch 64) but not the MLP's (784 →
     /// 128, batch 128 or 512).
@@ -190,6 +188,8 @@ mod tests {
         assert!(!rows_pay(1024, 784, 128, Some(32)));
     }
 
+    /// Rows at least as many as both sides, or an explicit gradient, keep the gradient-first
+    /// product.
     #[test]
     fn many_rows_or_an_explicit_gradient_are_left_to_the_gradient_first_product() {
         for device in cpu_devices() {

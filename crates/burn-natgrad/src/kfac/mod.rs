@@ -21,15 +21,18 @@
 //! The factors are exponential moving averages over steps (decay `ε`); the damped inverse uses
 //! factored Tikhonov damping with the π correction (Martens & Grosse §6.3):
 //! `(A + π√λ I)⁻¹ ⊗ (G + √λ/π I)⁻¹` with `π = √((tr A / dim A) / (tr G / dim G))`, recomputed
-//! every `inverse_period` steps, in `f64` on the host. The state of every block travels in the
-//! optimizer record ([`state`]).
+//! every `inverse_period` steps, in `f64` on the host, or for a factor wider than four times
+//! [`kfac_rank`](crate::NaturalGradientConfig::kfac_rank) as a low-rank-plus-identity inverse
+//! from its randomized eigendecomposition ([`low_rank`](crate::low_rank), applied by
+//! [`apply`]). The state of every block travels in the optimizer record ([`state`]).
 
 mod apply;
 mod factored;
-pub(crate) use factored::rows_pay;
 mod inverse;
 pub(crate) mod reuse;
 pub(crate) mod state;
+
+pub(crate) use factored::rows_pay;
 
 use burn::module::ParamId;
 use burn::tensor::{IndexingUpdateOp, Tensor};
