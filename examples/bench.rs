@@ -134,34 +134,23 @@ fn natgrad(method: &str) -> Option<NaturalGradient> {
             decay: 0.95,
             inverse_period: 1,
         }),
-        // Factors every 5 steps, inverses every 10 (as `kfac-empirical`); factors every 10,
-        // inverses every 50. The steps in between reuse the inverses on a plain backward pass.
-        "kfac-empirical-f5" => c
-            .with_curvature(CurvatureKind::Kfac {
+        // Factors every K steps, inverses every `K · inverse_period` steps: f5 every 10 (as
+        // `kfac-empirical`), f10 every 50, f20 and f50 every 100. The steps in between reuse
+        // the inverses on a plain backward pass.
+        factors => {
+            let (period, inverse_period) = match factors.strip_prefix("kfac-empirical-f")? {
+                "5" => (5, 2),
+                "10" => (10, 5),
+                "20" => (20, 5),
+                "50" => (50, 2),
+                _ => return None,
+            };
+            c.with_curvature(CurvatureKind::Kfac {
                 decay: 0.95,
-                inverse_period: 2,
+                inverse_period,
             })
-            .with_kfac_factor_period(5),
-        "kfac-empirical-f10" => c
-            .with_curvature(CurvatureKind::Kfac {
-                decay: 0.95,
-                inverse_period: 5,
-            })
-            .with_kfac_factor_period(10),
-        // Factors every 20 steps, inverses every 100; factors every 50, inverses every 100.
-        "kfac-empirical-f20" => c
-            .with_curvature(CurvatureKind::Kfac {
-                decay: 0.95,
-                inverse_period: 5,
-            })
-            .with_kfac_factor_period(20),
-        "kfac-empirical-f50" => c
-            .with_curvature(CurvatureKind::Kfac {
-                decay: 0.95,
-                inverse_period: 2,
-            })
-            .with_kfac_factor_period(50),
-        _ => return None,
+            .with_kfac_factor_period(period)
+        }
     };
     Some(c.build())
 }

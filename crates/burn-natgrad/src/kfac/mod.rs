@@ -376,33 +376,6 @@ mod tests {
         }
     }
 
-    /// A Kronecker factor wider than `4 · rank` gets a low-rank inverse, a narrower one a
-    /// dense inverse; a change of the rank setting recomputes the inverses before their period
-    /// is up.
-    #[test]
-    fn the_rank_decides_each_factors_form_and_a_new_rank_inverts_again() {
-        for device in cpu_devices() {
-            let normal = Distribution::Normal(0.0, 1.0);
-            let block = BlockFactors::Weight {
-                input: Tensor::random([6, 1, 30], normal, &device),
-                output_grad: Tensor::random([6, 1, 9], normal, &device),
-            };
-            let id = ParamId::new();
-            let mut o = options(0.5);
-            o.inverse_period = 3;
-            let dense = update(None, id, &block, &o).unwrap();
-            assert!(dense.left_coef.is_none() && dense.right_coef.is_none());
-            o.rank = Some(4);
-            let low = update(Some(&dense), id, &block, &o).unwrap();
-            assert_eq!(low.left_inv.as_ref().map(|u| u.dims()), Some([30, 4]));
-            assert_eq!(low.left_coef.as_ref().map(|c| c.dims()), Some([1, 5]));
-            assert!(low.right_coef.is_none(), "9 is not wider than 16");
-            o.rank = None;
-            let again = update(Some(&low), id, &block, &o).unwrap();
-            assert_eq!(again.left_inv.as_ref().map(|u| u.dims()), Some([30, 30]));
-        }
-    }
-
     #[test]
     fn kinds_round_trip_through_their_byte() {
         for kind in [Kind::Kronecker, Kind::Gather, Kind::Full, Kind::Diagonal] {
