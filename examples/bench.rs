@@ -33,7 +33,7 @@ use burn_natgrad::{
     Capture, CurvatureKind, FisherKind, NaturalGradient, NaturalGradientConfig, SolverKind,
 };
 
-const METHODS: [&str; 21] = [
+const METHODS: [&str; 24] = [
     "sgd",
     "adam",
     "ngd-empirical-gram",
@@ -53,6 +53,9 @@ const METHODS: [&str; 21] = [
     "kfac-empirical-f20-r16",
     "kfac-empirical-f50-r16",
     "kfac-empirical-f50-r16-cb128",
+    "kfac-empirical-f50-r4",
+    "kfac-empirical-f50-r4-cb128",
+    "kfac-empirical-f50-r8",
     "factors",
     "forward-backward",
 ];
