@@ -135,11 +135,12 @@ pub struct NaturalGradientConfig {
     pub kfac_factor_period: usize,
     /// KFAC: a Kronecker factor wider than `4 · r` gets a low-rank-plus-identity damped
     /// inverse: its top `r` eigenpairs by randomized subspace iteration (Halko, Martinsson &
-    /// Tropp, 2011), the rest of its spectrum at its mean, so that the trace is kept, as in
-    /// randomized KFAC (Puiu, "Randomized K-FACs: Speeding up K-FAC with Randomized Numerical
-    /// Linear Algebra", 2022). The inverse then costs `≈ 4·n²·(r + 10)` multiply-adds instead
+    /// Tropp, 2011), as randomized KFAC truncates the factors' spectra (Puiu, "Randomized
+    /// K-FACs: Speeding up K-FAC with Randomized Numerical Linear Algebra", 2022), with the rest
+    /// of the spectrum at its mean rather than dropped, so that the trace is kept. The inverse
+    /// then costs `≈ 4·n²·(r + 10)` multiply-adds instead
     /// of `n³`, and each product with it `2·n·r` per column instead of `n²`: on an MNIST MLP
-    /// the first layer's `785 × 785` input factor is most of KFAC's cost
+    /// the first layer's `784 × 784` input factor is most of KFAC's cost
     /// (`docs/kfac.md`, "Low-rank inverses"). Smaller factors stay dense. `None` (default):
     /// every inverse dense.
     #[config(default = "None")]

@@ -7,8 +7,9 @@
 //! Algorithms 4.4 and 5.3), the eigenvalues of the small projected matrix by cyclic Jacobi
 //! (Golub & Van Loan, "Matrix Computations", §8.5). This is how randomized KFAC avoids the
 //! factors' `n³` inverses (Puiu, "Randomized K-FACs: Speeding up K-FAC with Randomized Numerical
-//! Linear Algebra", 2022). The rest of the spectrum is replaced by its mean `σ = (tr F − Σ μᵢ) /
-//! (n − r)`, so that the approximation keeps the trace, and the inverse is
+//! Linear Algebra", 2022, which truncates the spectrum to its leading eigenmodes). Here the rest
+//! of the spectrum is replaced by its mean `σ = (tr F − Σ μᵢ) / (n − r)` instead, so that the
+//! approximation keeps the trace, and the inverse is
 //! `Σ uᵢuᵢᵀ/(μᵢ + δ) + (I − UUᵀ)/(σ + δ)`: `s = 1/(σ + δ)` and `cᵢ = 1/(μᵢ + δ) − s`.
 //!
 //! `F` is seen only through its products with `n × (r + p)` matrices (`p` oversampling
