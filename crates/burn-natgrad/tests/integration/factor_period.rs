@@ -7,8 +7,8 @@
 
 use crate::common::*;
 use crate::kfac::{
-    assert_direction, averaged, batch_factors, conv_net, kron_solve, HostFactors, Net, DAMPING,
-    DECAY,
+    assert_direction, averaged, batch_factors, conv_net, kfac_config, kron_solve, HostFactors, Net,
+    DAMPING,
 };
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, ModuleOptimizer};
@@ -37,14 +37,8 @@ fn kfac_ranked(
     kl_max: Option<f64>,
     rank: Option<usize>,
 ) -> NaturalGradient {
-    NaturalGradientConfig::new()
+    kfac_config(fisher, 1)
         .with_kfac_rank(rank)
-        .with_fisher(fisher)
-        .with_curvature(CurvatureKind::Kfac {
-            decay: DECAY,
-            inverse_period: 1,
-        })
-        .with_damping(DAMPING)
         .with_kfac_block_limit(limit)
         .with_kfac_factor_period(factor_period)
         .with_kl_max(kl_max)

@@ -177,6 +177,14 @@ pub(crate) fn conv_net(device: &Device) -> ConvNet {
 
 /// KFAC with the block limit `limit` (0: a convolution gets its Kronecker factors).
 fn kfac_limited(fisher: FisherKind, inverse_period: usize, limit: usize) -> NaturalGradient {
+    kfac_config(fisher, inverse_period)
+        .with_kfac_block_limit(limit)
+        .build()
+}
+
+/// The KFAC configuration of these tests (and `factor_period.rs`'s): decay [`DECAY`], damping
+/// [`DAMPING`].
+pub(crate) fn kfac_config(fisher: FisherKind, inverse_period: usize) -> NaturalGradientConfig {
     NaturalGradientConfig::new()
         .with_fisher(fisher)
         .with_curvature(CurvatureKind::Kfac {
@@ -184,8 +192,6 @@ fn kfac_limited(fisher: FisherKind, inverse_period: usize, limit: usize) -> Natu
             inverse_period,
         })
         .with_damping(DAMPING)
-        .with_kfac_block_limit(limit)
-        .build()
 }
 
 /// The oracle's directions (module order, as `gathered`) from the factors used for the
@@ -262,16 +268,7 @@ fn kfac_with_a_rank_covering_the_factor_matches_the_dense_solve() {
     for (name, device) in backends() {
         for fisher in [FisherKind::Empirical, FisherKind::Sampled { samples: 2 }] {
             let what = format!("{name} {fisher:?} rank 8");
-            let config = |period| {
-                NaturalGradientConfig::new()
-                    .with_fisher(fisher)
-                    .with_curvature(CurvatureKind::Kfac {
-                        decay: DECAY,
-                        inverse_period: period,
-                    })
-                    .with_damping(DAMPING)
-                    .with_kfac_rank(Some(8))
-            };
+            let config = |period| kfac_config(fisher, period).with_kfac_rank(Some(8));
             let ng = config(3).build();
             let mut optim = ng.module_optimizer();
             let model = Mlp::new(&[40, 6, 3], true, 21, &device);
@@ -303,12 +300,7 @@ fn kfac_with_a_rank_covering_the_factor_matches_the_dense_solve() {
 #[test]
 fn kfac_inverts_again_when_the_damping_moves() {
     for (name, device) in backends() {
-        let ng = NaturalGradientConfig::new()
-            .with_curvature(CurvatureKind::Kfac {
-                decay: DECAY,
-                inverse_period: 3,
-            })
-            .with_damping(DAMPING)
+        let ng = kfac_config(FisherKind::Empirical, 3)
             .with_adaptive_damping(Some(
                 burn_natgrad::AdaptiveDampingConfig::new().with_period(1),
             ))
@@ -340,17 +332,7 @@ fn kfac_state_round_trips_through_the_optimizer_record() {
 
 /// The record test of one width of the test MLP's input and one `kfac_rank`.
 fn round_trip(name: &str, width: usize, rank: Option<usize>, device: &Device) {
-    let kfac = |fisher, period| {
-        NaturalGradientConfig::new()
-            .with_fisher(fisher)
-            .with_curvature(CurvatureKind::Kfac {
-                decay: DECAY,
-                inverse_period: period,
-            })
-            .with_damping(DAMPING)
-            .with_kfac_rank(rank)
-            .build()
-    };
+    let kfac = |fisher, period| kfac_config(fisher, period).with_kfac_rank(rank).build();
     {
         let device = device.clone();
         let ng = kfac(FisherKind::Empirical, 3);
