@@ -3,7 +3,8 @@
 //! [`kfac_rank`](crate::NaturalGradientConfig::kfac_rank), as a low-rank-plus-identity
 //! `U diag(c) Uᵀ + s I` ([`low_rank`](crate::low_rank)): the basis `U` (`[n, r]`) in the
 //! inverse's place and `[c₁ … c_r, s]` (`[1, r + 1]`) beside it, so that a product costs
-//! `2·n·r` multiply-adds per column instead of `n²`.
+//! `2·n·r` multiply-adds per column instead of `n²`. A Kronecker block whose two inverses are
+//! both low-rank applies them together ([`KfacState::kronecker_mul`]), in one product.
 
 use burn::tensor::{Tensor, TensorData};
 
@@ -75,7 +76,37 @@ pub(crate) fn right_mul(v: Tensor<2>, inv: &Tensor<2>, coef: Option<&Tensor<2>>)
     }
 }
 
+/// `L v R` for low-rank-plus-identity inverses `L = U diag(c) Uᵀ + sI` (basis `u`,
+/// coefficients `coef_u` `[c, s]`) and `R = W diag(e) Wᵀ + tI` (`w`, `coef_w` `[e, t]`), as
+/// one product: `st·v + [U | vW] · [t·P + P W (e∘Wᵀ) ; s·(e∘Wᵀ)]` with `P = c∘(Uᵀv)`: one
+/// full-size product and sum where left-then-right takes two of each.
+fn both_mul(
+    u: &Tensor<2>,
+    coef_u: &Tensor<2>,
+    v: Tensor<2>,
+    w: &Tensor<2>,
+    coef_w: &Tensor<2>,
+) -> Tensor<2> {
+    let (c, s) = split(coef_u);
+    let (e, t) = split(coef_w);
+    let p = u.clone().transpose().matmul(v.clone()) * c.transpose();
+    let ew = (w.clone() * e).transpose();
+    let top = p.clone() * t.clone() + p.matmul(w.clone()).matmul(ew.clone());
+    let bottom = ew * s.clone();
+    let basis = Tensor::cat(vec![u.clone(), v.clone().matmul(w.clone())], 1);
+    v * (s * t) + basis.matmul(Tensor::cat(vec![top, bottom], 0))
+}
+
 impl KfacState {
+    /// `A⁻¹ v G⁻¹` with a Kronecker block's two inverses.
+    pub(crate) fn kronecker_mul(&self, v: Tensor<2>) -> Tensor<2> {
+        let inv = self.left_inv.as_ref().expect("a block with a left factor");
+        match (&self.left_coef, &self.right_coef) {
+            (Some(coef_u), Some(coef_w)) => both_mul(inv, coef_u, v, &self.right_inv, coef_w),
+            _ => self.right_mul(self.left_mul(v)),
+        }
+    }
+
     /// `A⁻¹ v` with the block's left inverse.
     pub(crate) fn left_mul(&self, v: Tensor<2>) -> Tensor<2> {
         let inv = self.left_inv.as_ref().expect("a block with a left factor");
@@ -97,7 +128,8 @@ mod tests {
     use burn::module::ParamId;
     use burn::tensor::Distribution;
 
-    /// Both products of a low-rank inverse equal the dense matrix `U diag(c) Uᵀ + sI`.
+    /// Both products of a low-rank inverse equal the dense matrix `U diag(c) Uᵀ + sI`, and so
+    /// does the two-sided product with two of them.
     #[test]
     fn low_rank_products_are_the_dense_ones() {
         for device in cpu_devices() {
@@ -111,9 +143,17 @@ mod tests {
             let v = Tensor::<2>::random([n, m], normal, &device);
             let w = Tensor::<2>::random([m, n], normal, &device);
             let scale = dense.clone().abs().max().into_scalar::<f32>();
-            let left = left_mul(&u, Some(&coef), v.clone()) - dense.clone().matmul(v);
-            let right = right_mul(w.clone(), &u, Some(&coef)) - w.matmul(dense);
-            for err in [left, right] {
+            let left = left_mul(&u, Some(&coef), v.clone()) - dense.clone().matmul(v.clone());
+            let right = right_mul(w.clone(), &u, Some(&coef)) - w.matmul(dense.clone());
+            // Both sides at once, with a right inverse of its own (side 4, rank 2).
+            let x = Tensor::<2>::random([4, 2], normal, &device);
+            let coef_x = Tensor::<2>::from_floats([[1.5, 0.25, 0.5]], &device);
+            let e = coef_x.clone().narrow(1, 0, 2);
+            let dense_x = x.clone().matmul((x.clone() * e).transpose())
+                + Tensor::<2>::eye(4, &device).mul_scalar(0.5);
+            let both =
+                both_mul(&u, &coef, v.clone(), &x, &coef_x) - dense.matmul(v).matmul(dense_x);
+            for err in [left, right, both] {
                 let err = err.abs().max().into_scalar::<f32>() / scale;
                 assert!(err < 1e-5, "relative error {err:e}");
             }

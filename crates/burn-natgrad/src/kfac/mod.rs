@@ -244,7 +244,7 @@ pub(crate) fn update(
 /// The KFAC direction of a gradient `g` in the block's matrix view.
 pub(crate) fn direction(state: &KfacState, g: Tensor<2>) -> Tensor<2> {
     match (state.kind(), &state.left_inv) {
-        (Some(Kind::Kronecker), Some(_)) => state.right_mul(state.left_mul(g)),
+        (Some(Kind::Kronecker), Some(_)) => state.kronecker_mul(g),
         (Some(Kind::Gather), Some(a)) => state.right_mul(g * a.clone()),
         (Some(Kind::Full), None) => g.matmul(state.right_inv.clone()),
         (Some(Kind::Diagonal), None) => g * state.right_inv.clone(),
