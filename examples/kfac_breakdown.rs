@@ -138,7 +138,10 @@ fn main() {
         let sgd_step = ms(s);
         if step >= 23 {
             let rows = if due { &mut updating } else { &mut reusing };
-            for (row, t) in rows.iter_mut().zip([forward_backward, precondition, apply, whole]) {
+            for (row, t) in rows
+                .iter_mut()
+                .zip([forward_backward, precondition, apply, whole])
+            {
                 row.push(t);
             }
             sgd_steps.push(sgd_step);
