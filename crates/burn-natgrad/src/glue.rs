@@ -1,5 +1,6 @@
 //! The plug-in into Burn's `TrainStep`: the body of `step` as one call
-//! ([`classification_step`]), and `optimize` as one line ([`natural_gradient_optimize!`]),
+//! ([`classification_step`]), and `optimize` as one line
+//! ([`natural_gradient_optimize!`](crate::natural_gradient_optimize)),
 //! without a field in the model.
 //!
 //! `TrainStep::step` sees only the model and the batch, so [`classification_step`] uses the

@@ -9,8 +9,9 @@
 //! 2. KL trust region: since `KL(p_θ ‖ p_{θ − ηd}) ≈ ½ η² dᵀFd`, `d` is rescaled so that
 //!    `½ η² dᵀFd ≤ kl_max` (the natural-gradient step size rule of Pascanu & Bengio, "Revisiting
 //!    Natural Gradient for Deep Networks", 2014, and of TRPO);
-//! 3. the per-tensor part ([`NaturalGradient`] as a Burn [`Optimizer`]) adds weight decay,
-//!    applies momentum and the learning rate, exactly as Burn's SGD does, so that
+//! 3. the per-tensor part ([`NaturalGradient`] as a Burn
+//!    [`Optimizer`](burn::optim::Optimizer)) adds weight decay, applies momentum and the
+//!    learning rate, exactly as Burn's SGD does, so that
 //!    [`ModuleOptimizer`]'s records and the Learner's checkpoints keep working
 //!    ([`NaturalGradient::apply`]).
 //!

@@ -81,9 +81,8 @@ impl Optimizer for NaturalGradient {
     /// # Panics
     /// When handed more tensors than the last [`apply`](NaturalGradient::apply) holds, i.e. raw
     /// gradients: `TrainStep::optimize` was not overridden, the Learner ran multi-device
-    /// training (`optimize_multi`), or the
-    /// [`ModuleOptimizer`](burn::optim::ModuleOptimizer) comes from another `NaturalGradient`
-    /// than the one that preconditioned.
+    /// training (`optimize_multi`), or the [`ModuleOptimizer`] comes from another
+    /// `NaturalGradient` than the one that preconditioned.
     fn step<const D: usize>(
         &self,
         lr: LearningRate,

@@ -241,7 +241,9 @@ impl BlockFactors {
     }
 
     /// The cross Gram `U U_dᵀ` (`[M, N]`) of a bias or dense block's rows with its data rows
-    /// (weights: see [`Block::gram_and_implicit_projection`], which shares `X Xᵀ`).
+    /// (weights: see
+    /// [`Block::gram_and_implicit_projection`](super::Block::gram_and_implicit_projection),
+    /// which shares `X Xᵀ`).
     pub(crate) fn cross_gram(&self, data: &DataRows) -> Tensor<2> {
         match (self, &data.factors) {
             (BlockFactors::Bias { output_grad: a }, BlockFactors::Bias { output_grad: b })

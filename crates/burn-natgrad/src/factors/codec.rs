@@ -23,7 +23,8 @@ const TAG_DATA_GATHER_DELTA: u64 = 0x6e67_5f64_6764_656c; // "ng_dgdel"
 const TAG_DATA_SHARED_INPUT: u64 = 0x6e67_5f64_7368_6172; // "ng_dshar"
 const TAG_REUSE: u64 = 0x6e67_5f72_6575_7365; // "ng_reuse"
 
-/// Where the implicit-gradient weight `w` is registered: see [`Factors::gradient_weight`].
+/// Where the implicit-gradient weight `w` is registered: see
+/// [`Factors::gradient_weight`](super::Factors::gradient_weight).
 pub(crate) fn gradient_weight_id() -> ParamId {
     derived_id(ParamId::from(0), TAG_GRADIENT_WEIGHT)
 }
