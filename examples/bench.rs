@@ -2,11 +2,13 @@
 //! and sampled Fisher), the per-example factor pass and a plain forward+backward, on MLPs
 //! 784-128-10, 784-512-512-10 and 784-1024-1024-10 at batch 128, 256 and 512, on every CPU
 //! backend compiled in (and wgpu with `--wgpu`; `--quick`: MLP-128 at batch 128 only;
-//! `--methods a,b`: those methods and SGD only; `--models a,b`: those models only). Ratios are to SGD measured in the same run.
+//! `--methods a,b`: those methods and SGD only; `--models a,b`: those models only). Ratios
+//! are to SGD measured in the same run.
 //! Writes `target/bench/results.csv`. The `-cb32` methods estimate the Fisher on a curvature
 //! batch of 32 examples (`NaturalGradientConfig::curvature_batch`). The `kfac-empirical-fK`
 //! methods update KFAC's factors every `K` steps (`NaturalGradientConfig::kfac_factor_period`)
-//! and run 50 measured steps per child (100 for `-f20` and `-f50`, whose inverses come every 100 steps) after their factor warm-up, so that
+//! and run 50 measured steps per child (100 for `-f20` and `-f50`, whose inverses come every
+//! 100 steps) after their factor warm-up, so that
 //! their mean step (also printed, next to the median) amortises the factor updates and
 //! inverses. A `-rR` suffix gives KFAC low-rank inverses of rank `R` for its factors wider than
 //! `4R` (`NaturalGradientConfig::kfac_rank`).
@@ -29,39 +31,13 @@ use std::time::Instant;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, Distribution, Int, Tensor};
-use burn_natgrad::{
-    Capture, CurvatureKind, FisherKind, NaturalGradient, NaturalGradientConfig, SolverKind,
-};
+use burn_natgrad::{Capture, NaturalGradient};
 
-const METHODS: [&str; 24] = [
-    "sgd",
-    "adam",
-    "ngd-empirical-gram",
-    "ngd-empirical-cg-sample",
-    "ngd-empirical-cg-param",
-    "ngd-sampled-1",
-    "ngd-sampled-4",
-    "ngd-empirical-gram-cb32",
-    "ngd-sampled-1-cb32",
-    "kfac-empirical",
-    "kfac-sampled-1",
-    "kfac-empirical-inv1",
-    "kfac-empirical-f5",
-    "kfac-empirical-f10",
-    "kfac-empirical-f10-r32",
-    "kfac-empirical-f10-r16",
-    "kfac-empirical-f20-r16",
-    "kfac-empirical-f50-r16",
-    "kfac-empirical-f50-r16-cb128",
-    "kfac-empirical-f50-r4",
-    "kfac-empirical-f50-r4-cb128",
-    "kfac-empirical-f50-r8",
-    "factors",
-    "forward-backward",
-];
-
+#[path = "shared/bench_methods.rs"]
+mod bench_methods;
 #[path = "shared/mlp.rs"]
 mod mlp;
+use bench_methods::{natgrad, METHODS};
 use mlp::Mlp;
 
 fn sizes(model: &str) -> Vec<usize> {
@@ -97,65 +73,6 @@ fn rss_kb(field: &str) -> f64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(f64::NAN)
-}
-
-/// The natural-gradient methods; a `-cbM` suffix estimates the Fisher on a curvature batch of
-/// the first `M` examples.
-fn natgrad(method: &str) -> Option<NaturalGradient> {
-    let (method, curvature) = match method.rsplit_once("-cb") {
-        Some((base, m)) => (base, Some(m.parse().expect("curvature batch"))),
-        None => (method, None),
-    };
-    let (method, rank) = match method.rsplit_once("-r") {
-        Some((base, r)) if r.chars().all(|c| c.is_ascii_digit()) => {
-            (base, Some(r.parse().expect("rank")))
-        }
-        _ => (method, None),
-    };
-    let c = NaturalGradientConfig::new()
-        .with_damping(1.0)
-        .with_curvature_batch(curvature)
-        .with_kfac_rank(rank);
-    let c = match method {
-        "ngd-empirical-gram" => c,
-        "ngd-empirical-cg-sample" => c
-            .with_solver(SolverKind::CgSample)
-            .with_cg_max_iters(10)
-            .with_cg_check_every(0),
-        "ngd-empirical-cg-param" => c
-            .with_solver(SolverKind::CgParam)
-            .with_cg_max_iters(10)
-            .with_cg_check_every(0),
-        "ngd-sampled-1" => c.with_fisher(FisherKind::Sampled { samples: 1 }),
-        "ngd-sampled-4" => c.with_fisher(FisherKind::Sampled { samples: 4 }),
-        // KFAC with its usual settings (inverses every 10 steps), and inverting every step.
-        "kfac-empirical" => c.with_curvature(CurvatureKind::kfac()),
-        "kfac-sampled-1" => c
-            .with_curvature(CurvatureKind::kfac())
-            .with_fisher(FisherKind::Sampled { samples: 1 }),
-        "kfac-empirical-inv1" => c.with_curvature(CurvatureKind::Kfac {
-            decay: 0.95,
-            inverse_period: 1,
-        }),
-        // Factors every K steps, inverses every `K · inverse_period` steps: f5 every 10 (as
-        // `kfac-empirical`), f10 every 50, f20 and f50 every 100. The steps in between reuse
-        // the inverses on a plain backward pass.
-        factors => {
-            let (period, inverse_period) = match factors.strip_prefix("kfac-empirical-f")? {
-                "5" => (5, 2),
-                "10" => (10, 5),
-                "20" => (20, 5),
-                "50" => (50, 2),
-                _ => return None,
-            };
-            c.with_curvature(CurvatureKind::Kfac {
-                decay: 0.95,
-                inverse_period,
-            })
-            .with_kfac_factor_period(period)
-        }
-    };
-    Some(c.build())
 }
 
 /// One training step (or pass) of `method`; returns the model. Ends with a host read so that
