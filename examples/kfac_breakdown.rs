@@ -7,8 +7,9 @@
 //! cargo run --release --features flex --example kfac_breakdown -- --backend flex --batch 512 --curvature-batch 128
 //! ```
 //!
-//! Every phase ends with a host read, so that asynchronous backends have finished its work.
-//! Rows are medians over the measured steps; the factor updates' share is their time above the
+//! Each step ends with a host read of the model (the precondition makes one of its own); the
+//! CPU backends it runs on execute eagerly, so each phase's time is its own work. Rows are
+//! medians over the measured steps; the factor updates' share is their time above the
 //! reusing steps' median, summed and spread over all measured steps, so that a slow spell of a
 //! noisy machine does not count as KFAC's cost. `scripts/paired_rounds.py` measures the mean
 //! step against SGD's in separate processes instead.
