@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, SgdConfig};
-use burn::tensor::{Device, Distribution, Int, Tensor};
+use burn::tensor::{Distribution, Int, Tensor};
 use burn_natgrad::testing::gram_and_implicit_projection;
 use burn_natgrad::testing::gram_direct;
 use burn_natgrad::testing::Factors;
@@ -44,31 +44,16 @@ struct Args {
     steps: usize,
 }
 
+#[path = "shared/cpu_timing.rs"]
+mod cpu_timing;
 #[path = "shared/mlp.rs"]
 mod mlp;
+use cpu_timing::{device, ms};
 use mlp::Mlp;
-
-fn device(backend: &str) -> Device {
-    match backend {
-        #[cfg(feature = "ndarray")]
-        #[allow(deprecated)]
-        "ndarray" => Device::ndarray().autodiff(),
-        #[cfg(feature = "flex")]
-        "flex" => Device::flex().autodiff(),
-        other => {
-            eprintln!("error: backend `{other}` is not compiled in (ndarray, flex)");
-            std::process::exit(2);
-        }
-    }
-}
 
 /// Waits for `t` (a host read of one value).
 fn sync<const D: usize>(t: &Tensor<D>) {
     let _ = t.clone().sum().into_scalar::<f32>();
-}
-
-fn ms(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64() * 1e3
 }
 
 const PHASES: [&str; 10] = [
