@@ -22,6 +22,16 @@
 //! `/proc/self/status`) is its own. Every method runs in three rounds of fresh children, one
 //! method after the other, and its median step time is taken over the steps of all rounds: a
 //! slow spell of a shared machine then falls on all methods alike.
+//!
+//! The children run with glibc's `mmap` threshold fixed at 256 MiB ([`ALLOCATOR`], unless
+//! `GLIBC_TUNABLES` is already set). By default glibc serves a block of at least the threshold
+//! with a fresh `mmap` (page faults on first touch, `munmap` on free), and raises the threshold
+//! only to the size of the largest such block freed so far, so a method's step cost depended
+//! on whether it, or anything before it in the process, happened to free a large block: at
+//! batch 128, where the `[128, 784]` tensors sit at the threshold, SGD measured slower than
+//! KFAC's reusing step (whose dense input factor, freed at each update, raised it), and KFAC
+//! with sketched factors (which frees no such block) 1.6× slower than with dense ones
+//! (`docs/kfac-low-rank/sketch/`). A long training process raises it early either way.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -167,6 +177,10 @@ fn child(backend: &str, model_name: &str, batch: usize, method: &str, steps: usi
     let times: Vec<String> = times.iter().map(|t| t.to_string()).collect();
     println!("{peak} {}", times.join(" "));
 }
+
+/// The allocator setting of every child (see the module docs).
+pub const ALLOCATOR: &str =
+    "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=268435456";
 
 /// Rounds per configuration (see `main`).
 const ROUNDS: usize = 3;
@@ -315,7 +329,11 @@ fn main() {
                 let mut peaks: Vec<f64> = vec![f64::NAN; methods.len()];
                 for _ in 0..ROUNDS {
                     for (i, method) in methods.iter().enumerate() {
-                        let out = Command::new(&exe)
+                        let mut command = Command::new(&exe);
+                        if std::env::var_os("GLIBC_TUNABLES").is_none() {
+                            command.env("GLIBC_TUNABLES", ALLOCATOR);
+                        }
+                        let out = command
                             .args([
                                 "--child",
                                 backend,

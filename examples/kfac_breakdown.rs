@@ -47,6 +47,9 @@ struct Args {
     /// Invert them every this many updates.
     #[arg(long, default_value_t = 2)]
     inverse_period: usize,
+    /// Keep the wide input factors as sketches (`kfac_sketch`).
+    #[arg(long)]
+    sketch: bool,
     /// Measured steps, after the factors' warm-up (20 updates) and 3 more.
     #[arg(long, default_value_t = 400)]
     steps: usize,
@@ -91,6 +94,7 @@ fn main() {
         .with_kfac_factor_period(args.factor_period)
         .with_kfac_rank((args.rank > 0).then_some(args.rank))
         .with_curvature_batch(args.curvature_batch)
+        .with_kfac_sketch(args.sketch)
         .init();
     let mut sgd = SgdConfig::new().init();
     // [forward + backward, precondition, apply, whole step] of reusing and updating steps.
@@ -139,13 +143,18 @@ fn main() {
     let amortised = excess / args.steps as f64;
     println!(
         "{} backend, MLP 784-{}-10, batch {n}, curvature batch {}, rank {}, factors every {} \
-         steps, inverses every {} updates; {} measured steps ({} reusing, {} updating)\n",
+         steps, inverses every {} updates{}; {} measured steps ({} reusing, {} updating)\n",
         args.backend,
         args.hidden,
         args.curvature_batch.map_or("all".into(), |c| c.to_string()),
         args.rank,
         args.factor_period,
         args.inverse_period,
+        if args.sketch {
+            ", input factors sketched"
+        } else {
+            ""
+        },
         args.steps,
         reusing[3].len(),
         updating[3].len()

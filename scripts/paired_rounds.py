@@ -12,10 +12,17 @@ factor period's factor updates and inverses). A slow spell then falls on both si
 
 Arguments: bench binary, backend, model, batch, rounds, steps per process, then the methods
 (the first is the reference; `bench --help` lists them).
+
+The children run with glibc's mmap threshold fixed, as `bench` runs its own (see `ALLOCATOR` in
+`examples/bench.rs`), unless GLIBC_TUNABLES is already set.
 """
+import os
 import statistics
 import subprocess
 import sys
+
+# The same as `ALLOCATOR` in examples/bench.rs.
+ALLOCATOR = "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=268435456"
 
 
 def main() -> None:
@@ -23,13 +30,15 @@ def main() -> None:
         sys.exit(__doc__)
     binary, backend, model, batch, rounds, steps = sys.argv[1:7]
     methods = sys.argv[7:]
+    env = dict(os.environ)
+    env.setdefault("GLIBC_TUNABLES", ALLOCATOR)
     medians = {m: [] for m in methods}
     means = {m: [] for m in methods}
     for _ in range(int(rounds)):
         for m in methods:
             run = subprocess.run(
                 [binary, "--child", backend, model, batch, m, steps],
-                capture_output=True, text=True, check=False,
+                capture_output=True, text=True, check=False, env=env,
             )
             fields = run.stdout.split()
             if run.returncode != 0 or len(fields) < 2:

@@ -87,6 +87,10 @@ fn bad_values_of_the_mlp_example_are_refused() {
             vec!["--curvature", "full", "--kfac-rank", "16"],
             "applies only to CurvatureKind::Kfac",
         ),
+        (
+            vec!["--curvature", "kfac", "--kfac-sketch"],
+            "sketches the factors that get a low-rank inverse",
+        ),
         (vec!["--average", "1"], "--average must lie in [0, 1)"),
         (vec!["--samples", "0"], "--samples must be at least 1"),
     ] {

@@ -4,7 +4,7 @@
 use burn_natgrad::{CurvatureKind, FisherKind, NaturalGradient, NaturalGradientConfig, SolverKind};
 
 /// Every method the benchmark knows, in the order of its tables.
-pub const METHODS: [&str; 24] = [
+pub const METHODS: [&str; 26] = [
     "sgd",
     "adam",
     "ngd-empirical-gram",
@@ -26,17 +26,24 @@ pub const METHODS: [&str; 24] = [
     "kfac-empirical-f50-r16-cb128",
     "kfac-empirical-f50-r4",
     "kfac-empirical-f50-r4-cb128",
+    "kfac-empirical-f50-r4-sk",
+    "kfac-empirical-f50-r4-sk-cb128",
     "kfac-empirical-f50-r8",
     "factors",
     "forward-backward",
 ];
 
 /// The natural-gradient methods; a `-cbM` suffix estimates the Fisher on a curvature batch of
-/// the first `M` examples.
+/// the first `M` examples, `-rR` gives wide KFAC factors rank-`R` inverses, and `-sk` (before
+/// `-cbM`) keeps their input factors as sketches (`kfac_sketch`).
 pub fn natgrad(method: &str) -> Option<NaturalGradient> {
     let (method, curvature) = match method.rsplit_once("-cb") {
         Some((base, m)) => (base, Some(m.parse().expect("curvature batch"))),
         None => (method, None),
+    };
+    let (method, sketch) = match method.strip_suffix("-sk") {
+        Some(base) => (base, true),
+        None => (method, false),
     };
     let (method, rank) = match method.rsplit_once("-r") {
         Some((base, r)) if r.chars().all(|c| c.is_ascii_digit()) => {
@@ -47,7 +54,8 @@ pub fn natgrad(method: &str) -> Option<NaturalGradient> {
     let c = NaturalGradientConfig::new()
         .with_damping(1.0)
         .with_curvature_batch(curvature)
-        .with_kfac_rank(rank);
+        .with_kfac_rank(rank)
+        .with_kfac_sketch(sketch);
     let c = match method {
         "ngd-empirical-gram" => c,
         "ngd-empirical-cg-sample" => c

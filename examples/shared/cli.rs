@@ -137,6 +137,10 @@ pub struct CurvatureArgs {
     /// many eigenpairs (randomized KFAC); default: every inverse dense.
     #[arg(long)]
     pub kfac_rank: Option<usize>,
+    /// KFAC with --kfac-rank: keep the input factors that get a low-rank inverse as streaming
+    /// Nyström sketches of 2·rank + 10 columns instead of the whole factor.
+    #[arg(long)]
+    pub kfac_sketch: bool,
     /// KFAC: explicit per-example rows (a convolution, LayerNorm) of at most this many entries
     /// get their exact block; a larger one-group convolution its Kronecker factors (KFC), 0:
     /// every one-group convolution.
@@ -152,6 +156,7 @@ impl CurvatureArgs {
             .with_kfac_block_limit(self.kfac_block_limit)
             .with_kfac_factor_period(self.kfac_factor_period)
             .with_kfac_rank(self.kfac_rank)
+            .with_kfac_sketch(self.kfac_sketch)
     }
 
     /// Fills in `default` unless `--curvature` was given. Runs before anything reads the

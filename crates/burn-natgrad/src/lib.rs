@@ -38,6 +38,7 @@ mod glue;
 mod kfac;
 mod low_rank;
 pub mod nn;
+mod nystrom;
 mod optimizer;
 mod per_example;
 mod per_tensor;
@@ -48,6 +49,7 @@ mod solver;
 mod test_devices;
 pub mod testing;
 mod uncovered;
+mod validate;
 
 // Burn's `#[derive(RecordState)]` names these at the crate root (`crate::StateSink`, …).
 pub(crate) use burn::optim::{join_path, RecordState, StateSink, StateSource};

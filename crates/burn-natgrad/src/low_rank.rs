@@ -38,7 +38,7 @@ pub(crate) struct LowRankInverse {
 
 /// `dst = a · b` for row-major `a` (`m × k`, or its transpose when `a_t`, stored `k × m`) and
 /// row-major `b` (`k × n`); `dst` is `m × n` row-major.
-fn matmul(a: &[f64], a_t: bool, b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+pub(crate) fn matmul(a: &[f64], a_t: bool, b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
     assert!(
         a.len() == m * k && b.len() == k * n,
         "low_rank::matmul: shapes"
@@ -110,7 +110,7 @@ fn orthonormalise(y: &mut [f64], n: usize, k: usize) {
 
 /// Eigenvalues and eigenvectors (the columns of the row-major `k × k` result) of the symmetric
 /// `k × k` matrix `b`, by cyclic Jacobi rotations, in decreasing order of the eigenvalues.
-fn symmetric_eigen(mut b: Vec<f64>, k: usize) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn symmetric_eigen(mut b: Vec<f64>, k: usize) -> (Vec<f64>, Vec<f64>) {
     let mut v = vec![0.0f64; k * k];
     for i in 0..k {
         v[i * k + i] = 1.0;
@@ -168,7 +168,7 @@ fn symmetric_eigen(mut b: Vec<f64>, k: usize) -> (Vec<f64>, Vec<f64>) {
 
 /// Standard normal draws from a fixed seed (xorshift64* and Box–Muller), so that the inverse
 /// of a factor does not depend on anything but the factor.
-fn gaussian(count: usize) -> Vec<f64> {
+pub(crate) fn gaussian(count: usize) -> Vec<f64> {
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut uniform = || {
         state ^= state >> 12;
@@ -183,6 +183,36 @@ fn gaussian(count: usize) -> Vec<f64> {
             (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
         })
         .collect()
+}
+
+/// Makes the row-major `k × k` matrix `b` exactly symmetric: each pair of entries becomes
+/// their mean.
+pub(crate) fn symmetrise(b: &mut [f64], k: usize) {
+    for i in 0..k {
+        for j in 0..i {
+            let mean = 0.5 * (b[i * k + j] + b[j * k + i]);
+            b[i * k + j] = mean;
+            b[j * k + i] = mean;
+        }
+    }
+}
+
+/// The coefficients `cᵢ = 1/(μᵢ + δ) − s` and the scale `s = 1/(σ + δ)` of the inverse of a
+/// side-`n` matrix with top eigenvalues `mu` (`r` of them, `≥ 0`) and trace `trace`, the rest
+/// of the spectrum at its mean `σ = (tr F − Σ μᵢ) / (n − r)`; `None` if they are not finite.
+pub(crate) fn trace_keeping(
+    mu: &[f64],
+    trace: f64,
+    n: usize,
+    damping: f64,
+) -> Option<(Vec<f64>, f64)> {
+    let tail = ((trace - mu.iter().sum::<f64>()) / (n - mu.len()) as f64).max(0.0);
+    let scale = 1.0 / (tail + damping);
+    let coef: Vec<f64> = mu.iter().map(|m| 1.0 / (m + damping) - scale).collect();
+    if tail + damping <= 0.0 || !scale.is_finite() || coef.iter().any(|c| !c.is_finite()) {
+        return None;
+    }
+    Some((coef, scale))
 }
 
 /// The low-rank-plus-identity `(F + δI)⁻¹` of a symmetric positive semi-definite `n × n`
@@ -217,22 +247,11 @@ pub(crate) fn low_rank_inverse(
     // Rayleigh–Ritz: B = Qᵀ F Q (symmetrised), B = V diag(μ) Vᵀ, U = Q V.
     let fq = apply(&q)?;
     let mut b = matmul(&q, true, &fq, k, n, k);
-    for i in 0..k {
-        for j in 0..i {
-            let mean = 0.5 * (b[i * k + j] + b[j * k + i]);
-            b[i * k + j] = mean;
-            b[j * k + i] = mean;
-        }
-    }
+    symmetrise(&mut b, k);
     let (mu, v) = symmetric_eigen(b, k);
     let u_all = matmul(&q, false, &v, n, k, k);
     let mu: Vec<f64> = mu[..r].iter().map(|m| m.max(0.0)).collect();
-    let tail = ((trace - mu.iter().sum::<f64>()) / (n - r) as f64).max(0.0);
-    let scale = 1.0 / (tail + damping);
-    let coef: Vec<f64> = mu.iter().map(|m| 1.0 / (m + damping) - scale).collect();
-    if tail + damping <= 0.0 || !scale.is_finite() || coef.iter().any(|c| !c.is_finite()) {
-        return None;
-    }
+    let (coef, scale) = trace_keeping(&mu, trace, n, damping)?;
     let basis = (0..n)
         .flat_map(|i| u_all[i * k..i * k + r].iter().copied())
         .collect();
@@ -240,18 +259,12 @@ pub(crate) fn low_rank_inverse(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cholesky::cholesky_inverse;
-
-    /// [`low_rank_inverse`] of a host matrix.
-    fn of(f: &[f64], n: usize, r: usize, damping: f64) -> Option<LowRankInverse> {
-        let trace = (0..n).map(|i| f[i * n + i]).sum();
-        low_rank_inverse(|y, k| matmul(f, false, y, n, n, k), trace, n, r, damping)
-    }
+pub(crate) mod test_support {
+    //! Host helpers the tests of the low-rank inverses share.
+    use super::LowRankInverse;
 
     /// `U diag(coef) Uᵀ + scale I` as a dense row-major matrix.
-    fn dense(l: &LowRankInverse, n: usize) -> Vec<f64> {
+    pub(crate) fn dense(l: &LowRankInverse, n: usize) -> Vec<f64> {
         let r = l.coef.len();
         let mut out = vec![0.0; n * n];
         for i in 0..n {
@@ -265,6 +278,28 @@ mod tests {
         out
     }
 
+    /// The largest entry of `|a − b|` over the largest of `|b|`.
+    pub(crate) fn max_rel(a: &[f64], b: &[f64]) -> f64 {
+        let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        a.iter()
+            .zip(b)
+            .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+            / scale
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{dense, max_rel};
+    use super::*;
+    use crate::cholesky::cholesky_inverse;
+
+    /// [`low_rank_inverse`] of a host matrix.
+    fn of(f: &[f64], n: usize, r: usize, damping: f64) -> Option<LowRankInverse> {
+        let trace = (0..n).map(|i| f[i * n + i]).sum();
+        low_rank_inverse(|y, k| matmul(f, false, y, n, n, k), trace, n, r, damping)
+    }
+
     /// A symmetric matrix `Q diag(spectrum) Qᵀ` with a random orthogonal `Q`.
     fn with_spectrum(spectrum: &[f64]) -> Vec<f64> {
         let n = spectrum.len();
@@ -276,14 +311,6 @@ mod tests {
 
     fn transpose(a: &[f64], n: usize) -> Vec<f64> {
         (0..n * n).map(|i| a[(i % n) * n + i / n]).collect()
-    }
-
-    fn max_rel(a: &[f64], b: &[f64]) -> f64 {
-        let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        a.iter()
-            .zip(b)
-            .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
-            / scale
     }
 
     /// A spectrum of `r` large eigenvalues over a flat tail is represented exactly, so the

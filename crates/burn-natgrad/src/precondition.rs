@@ -102,6 +102,7 @@ impl NaturalGradient {
                     damping,
                     block_limit: self.config.kfac_block_limit,
                     rank: self.config.kfac_rank,
+                    sketch: self.config.kfac_sketch,
                 };
                 match kfac::solve(&factors, |id| self.kfac_state(id), &options) {
                     Ok(s) => Solved {

@@ -97,9 +97,10 @@ impl OptimizerSpec {
                         } else {
                             format!(" block limit {}", config.kfac_block_limit)
                         },
-                        config
-                            .kfac_rank
-                            .map_or(String::new(), |r| format!(" rank {r}"))
+                        config.kfac_rank.map_or(String::new(), |r| format!(
+                            " rank {r}{}",
+                            if config.kfac_sketch { " sketched" } else { "" }
+                        ))
                     ),
                 },
                 config

@@ -178,6 +178,7 @@ mod tests {
                 damping: 0.5,
                 block_limit: 2048,
                 rank: None,
+                sketch: false,
             };
             let dense = update(None, id, &block, &o).unwrap();
             assert!(dense.left_coef.is_none() && dense.right_coef.is_none());

@@ -147,6 +147,7 @@ mod tests {
                         damping: 0.3,
                         block_limit: 2048,
                         rank,
+                        sketch: false,
                     };
                     let state = update(None, ParamId::new(), &fisher, &options).unwrap();
                     assert_eq!(
@@ -199,6 +200,7 @@ mod tests {
                 damping: 0.3,
                 block_limit: 2048,
                 rank: None,
+                sketch: false,
             };
             let w = Tensor::<1>::from_floats([1.0], &device);
             let many = weight(30, 30, 1, 20, 9, &device);

@@ -10,6 +10,7 @@
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::apply::FactorInverse;
+use super::sketch;
 use super::Kind;
 use crate::cholesky::cholesky_inverse;
 use crate::low_rank::low_rank_inverse;
@@ -61,7 +62,8 @@ pub(crate) fn host(t: &Tensor<2>) -> Vec<f64> {
 }
 
 /// The inverse of a full factor `f` (trace `trace`): low-rank when `rank` says so (formed now,
-/// its products on `f`'s device), else a host job.
+/// its products on `f`'s device, or from its host values for a sketched input factor, the only
+/// factors that are not square: [`sketch`]), else a host job.
 fn job(
     f: &Tensor<2>,
     trace: f64,
@@ -70,6 +72,13 @@ fn job(
     which: &'static str,
 ) -> Inverse {
     let [n, _] = f.dims();
+    if sketch::is_sketch(f) {
+        let r = factor_rank(n, rank).expect("only factors with a low-rank inverse are sketched");
+        return match sketch::inverse(&host(f), n, trace, r, damping) {
+            Some(l) => Inverse::Done(Box::new(FactorInverse::low_rank(&l, n, &f.device()))),
+            None => Inverse::Failed(which),
+        };
+    }
     let Some(r) = factor_rank(n, rank) else {
         return Inverse::Host(
             HostJob {
@@ -115,7 +124,8 @@ fn mean_eigenvalue(f: &Tensor<2>, gather: bool) -> f64 {
 /// The damped inverses a block's factors need: `(A + π√λ I)⁻¹` and `(G + √λ/π I)⁻¹` for a
 /// Kronecker or gather block (π balances the damping between the factors; 1 when either is
 /// degenerate), `(F + λI)⁻¹` for a whole block, the reciprocal for a diagonal. A Kronecker or
-/// gather block's full factors wider than `4 · rank` get low-rank-plus-identity inverses.
+/// gather block's full factors wider than `4 · rank` get low-rank-plus-identity inverses; a
+/// sketched input factor gets its inverse from the sketch.
 pub(crate) fn plan(
     kind: Kind,
     left: Option<&Tensor<2>>,
@@ -124,17 +134,23 @@ pub(crate) fn plan(
     rank: Option<usize>,
 ) -> Planned {
     let device = right.device();
+    let n_of = |f: &Tensor<2>| f.dims()[0] as f64;
     let done = |inv: Tensor<2>| Inverse::Done(Box::new(FactorInverse { inv, coef: None }));
     let (left, right) = match (kind, left) {
         (Kind::Kronecker | Kind::Gather, Some(left)) => {
             // Whether `job` gives the factor a low-rank inverse.
             let low = |f: &Tensor<2>| factor_rank(f.dims()[0], rank).is_some();
-            let mean_left = mean_eigenvalue(left, kind == Kind::Kronecker && low(left));
+            let sketched = kind == Kind::Kronecker && sketch::is_sketch(left);
+            let mean_left = if sketched {
+                sketch::trace(left) / n_of(left)
+            } else {
+                mean_eigenvalue(left, kind == Kind::Kronecker && low(left))
+            };
             let mean_right = mean_eigenvalue(right, low(right));
             let pi = (mean_left / mean_right).sqrt();
             let pi = if pi.is_finite() && pi > 0.0 { pi } else { 1.0 };
             let root = damping.sqrt();
-            let n = |f: &Tensor<2>| f.dims()[0] as f64;
+            let n = n_of;
             let left = if kind == Kind::Kronecker {
                 let trace = mean_left * n(left);
                 job(left, trace, pi * root, rank, "its input factor A")

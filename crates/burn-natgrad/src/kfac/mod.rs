@@ -30,6 +30,7 @@ mod apply;
 mod factored;
 mod inverse;
 pub(crate) mod reuse;
+mod sketch;
 pub(crate) mod state;
 
 pub(crate) use factored::rows_pay;
@@ -77,17 +78,25 @@ pub(crate) struct KfacOptions {
     /// Kronecker factors wider than `4 · rank` get low-rank-plus-identity inverses with this
     /// many eigenpairs; `None`: every inverse dense.
     pub rank: Option<usize>,
+    /// Input factors with a low-rank inverse are kept as sketches ([`sketch`]).
+    pub sketch: bool,
 }
 
 /// The batch's factors of one block: its kind, left factor (if any) and right factor.
-fn batch_factors(factors: &BlockFactors, limit: usize) -> (Kind, Option<Tensor<2>>, Tensor<2>) {
+/// An input factor that gets a low-rank inverse is its sketch with
+/// [`kfac_sketch`](crate::NaturalGradientConfig::kfac_sketch) ([`sketch`]).
+fn batch_factors(factors: &BlockFactors, o: &KfacOptions) -> (Kind, Option<Tensor<2>>, Tensor<2>) {
+    let limit = o.block_limit;
     match factors {
         BlockFactors::Weight { input, output_grad } => {
             let [p, t, d_in] = input.dims();
             let [m, _, d_out] = output_grad.dims();
             let x = input.clone().reshape([p * t, d_in]);
             let d = output_grad.clone().reshape([m * t, d_out]);
-            let a = x.clone().transpose().matmul(x).div_scalar((p * t) as f64);
+            let a = match sketch::width(d_in, o) {
+                Some(k) => sketch::batch_sketch(x, k),
+                None => x.clone().transpose().matmul(x).div_scalar((p * t) as f64),
+            };
             (Kind::Kronecker, Some(a), d.clone().transpose().matmul(d))
         }
         BlockFactors::Gather {
@@ -143,7 +152,7 @@ pub(crate) fn begin_update(
     factors: &BlockFactors,
     o: &KfacOptions,
 ) -> Pending {
-    let (kind, left, right) = batch_factors(factors, o.block_limit);
+    let (kind, left, right) = batch_factors(factors, o);
     let same = |p: &KfacState| {
         p.kind() == Some(kind)
             && p.right.dims() == right.dims()
@@ -321,6 +330,7 @@ mod tests {
             damping,
             block_limit: LIMIT,
             rank: None,
+            sketch: false,
         }
     }
 

@@ -207,6 +207,16 @@ impl NaturalGradient {
             };
             let d = factored.unwrap_or_else(|| direction(&state, gradient(i).reshape(view)));
             if c.kl_max.is_some() {
+                if state.kind() == Some(Kind::Kronecker)
+                    && state.left.as_ref().is_some_and(super::sketch::is_sketch)
+                {
+                    return Err(NatGradError::InvalidInput(format!(
+                        "`{path}` has a sketched KFAC input factor (kfac_sketch, or a record of \
+                         a run with it), but kl_max on a step that reuses the factors needs the \
+                         factor itself: turn kfac_sketch off and let the factors update once, \
+                         or drop kl_max"
+                    )));
+                }
                 quadratics.push(quadratic(&state, &d));
             }
             directions.push((id, d, dims.to_vec()));

@@ -88,6 +88,32 @@ fn invalid_configs_are_rejected_before_training() {
         "{msg}"
     );
     assert!(kfac(0.95, 10).with_kfac_rank(Some(16)).try_build().is_ok());
+    // A sketch: of KFAC's factors, with a rank, and not with a trust region on reusing steps.
+    for (config, what) in [
+        (
+            NaturalGradientConfig::new()
+                .with_kfac_rank(None)
+                .with_kfac_sketch(true),
+            "CurvatureKind::Kfac",
+        ),
+        (kfac(0.95, 10).with_kfac_sketch(true), "set kfac_rank"),
+        (
+            kfac(0.95, 10)
+                .with_kfac_rank(Some(4))
+                .with_kfac_sketch(true)
+                .with_kl_max(Some(0.01))
+                .with_kfac_factor_period(5),
+            "kl_max and a kfac_factor_period above 1",
+        ),
+    ] {
+        let msg = config_error(config);
+        assert!(msg.contains("`kfac_sketch`") && msg.contains(what), "{msg}");
+    }
+    let sketched = kfac(0.95, 10)
+        .with_kfac_rank(Some(4))
+        .with_kfac_sketch(true);
+    assert!(sketched.clone().with_kl_max(Some(0.01)).try_build().is_ok());
+    assert!(sketched.with_kfac_factor_period(5).try_build().is_ok());
     // build() and init() panic with the same message.
     let msg = panic_message(|| {
         NaturalGradientConfig::new().with_damping(0.0).init();

@@ -262,13 +262,23 @@ fn kfac_matches_a_dense_kronecker_solve() {
 /// factor gets a low-rank-plus-identity inverse; a batch of 8 gives it rank 8, so the low-rank
 /// form is exact and the direction is the dense Kronecker solve's (step 2 reuses step 1's
 /// inverses). The moving average of two batches has rank 16: the inverses then differ from
-/// the dense ones, but by less than the factor's tail.
+/// the dense ones, but by less than the factor's tail. The same holds with the factor kept as
+/// a sketch (`kfac_sketch`, 26 columns), which a factor of rank 8 or 16 fits exactly.
 #[test]
 fn kfac_with_a_rank_covering_the_factor_matches_the_dense_solve() {
     for (name, device) in backends() {
-        for fisher in [FisherKind::Empirical, FisherKind::Sampled { samples: 2 }] {
-            let what = format!("{name} {fisher:?} rank 8");
-            let config = |period| kfac_config(fisher, period).with_kfac_rank(Some(8));
+        for (fisher, sketch) in [
+            (FisherKind::Empirical, false),
+            (FisherKind::Sampled { samples: 2 }, false),
+            (FisherKind::Empirical, true),
+            (FisherKind::Sampled { samples: 2 }, true),
+        ] {
+            let what = format!("{name} {fisher:?} rank 8 sketch {sketch}");
+            let config = |period| {
+                kfac_config(fisher, period)
+                    .with_kfac_rank(Some(8))
+                    .with_kfac_sketch(sketch)
+            };
             let ng = config(3).build();
             let mut optim = ng.module_optimizer();
             let model = Mlp::new(&[40, 6, 3], true, 21, &device);
@@ -324,15 +334,21 @@ fn kfac_inverts_again_when_the_damping_moves() {
 #[test]
 fn kfac_state_round_trips_through_the_optimizer_record() {
     for (name, device) in backends() {
-        for (width, rank) in [(4, None), (40, Some(8))] {
-            round_trip(&format!("{name} rank {rank:?}"), width, rank, &device);
+        for (width, rank, sketch) in [(4, None, false), (40, Some(8), false), (40, Some(8), true)] {
+            let what = format!("{name} rank {rank:?} sketch {sketch}");
+            round_trip(&what, width, rank, sketch, &device);
         }
     }
 }
 
-/// The record test of one width of the test MLP's input and one `kfac_rank`.
-fn round_trip(name: &str, width: usize, rank: Option<usize>, device: &Device) {
-    let kfac = |fisher, period| kfac_config(fisher, period).with_kfac_rank(rank).build();
+/// The record test of one width of the test MLP's input, one `kfac_rank` and `kfac_sketch`.
+fn round_trip(name: &str, width: usize, rank: Option<usize>, sketch: bool, device: &Device) {
+    let kfac = |fisher, period| {
+        kfac_config(fisher, period)
+            .with_kfac_rank(rank)
+            .with_kfac_sketch(sketch)
+            .build()
+    };
     {
         let device = device.clone();
         let ng = kfac(FisherKind::Empirical, 3);
