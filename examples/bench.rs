@@ -30,8 +30,8 @@
 //! on whether it, or anything before it in the process, happened to free a large block: at
 //! batch 128, where the `[128, 784]` tensors sit at the threshold, SGD measured slower than
 //! KFAC's reusing step (whose dense input factor, freed at each update, raised it), and KFAC
-//! with sketched factors (which frees no such block) 1.6× slower than with dense ones
-//! (`docs/kfac-low-rank/sketch/`). A long training process raises it early either way.
+//! with sketched factors (which frees no such block) twice as slow as with dense ones
+//! (`docs/kfac-low-rank/sketch/default-allocator.txt`). A long training process raises it early either way.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
