@@ -179,7 +179,7 @@ fn child(backend: &str, model_name: &str, batch: usize, method: &str, steps: usi
 }
 
 /// The allocator setting of every child (see the module docs).
-pub const ALLOCATOR: &str =
+const ALLOCATOR: &str =
     "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=268435456";
 
 /// Rounds per configuration (see `main`).

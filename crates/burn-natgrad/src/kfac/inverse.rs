@@ -62,8 +62,7 @@ pub(crate) fn host(t: &Tensor<2>) -> Vec<f64> {
 }
 
 /// The inverse of a full factor `f` (trace `trace`): low-rank when `rank` says so (formed now,
-/// its products on `f`'s device, or from its host values for a sketched input factor, the only
-/// factors that are not square: [`sketch`]), else a host job.
+/// its products on `f`'s device), else a host job.
 fn job(
     f: &Tensor<2>,
     trace: f64,
@@ -72,13 +71,6 @@ fn job(
     which: &'static str,
 ) -> Inverse {
     let [n, _] = f.dims();
-    if sketch::is_sketch(f) {
-        let r = factor_rank(n, rank).expect("only factors with a low-rank inverse are sketched");
-        return match sketch::inverse(&host(f), n, trace, r, damping) {
-            Some(l) => Inverse::Done(Box::new(FactorInverse::low_rank(&l, n, &f.device()))),
-            None => Inverse::Failed(which),
-        };
-    }
     let Some(r) = factor_rank(n, rank) else {
         return Inverse::Host(
             HostJob {
@@ -134,26 +126,34 @@ pub(crate) fn plan(
     rank: Option<usize>,
 ) -> Planned {
     let device = right.device();
-    let n_of = |f: &Tensor<2>| f.dims()[0] as f64;
     let done = |inv: Tensor<2>| Inverse::Done(Box::new(FactorInverse { inv, coef: None }));
     let (left, right) = match (kind, left) {
         (Kind::Kronecker | Kind::Gather, Some(left)) => {
             // Whether `job` gives the factor a low-rank inverse.
             let low = |f: &Tensor<2>| factor_rank(f.dims()[0], rank).is_some();
-            let sketched = kind == Kind::Kronecker && sketch::is_sketch(left);
-            let mean_left = if sketched {
-                sketch::trace(left) / n_of(left)
-            } else {
-                mean_eigenvalue(left, kind == Kind::Kronecker && low(left))
+            // A sketched input factor is read to the host once, for its trace and its inverse.
+            let sketched = (kind == Kind::Kronecker && sketch::is_sketch(left))
+                .then(|| sketch::HostSketch::read(left));
+            let n = |f: &Tensor<2>| f.dims()[0] as f64;
+            let mean_left = match &sketched {
+                Some(s) => s.trace / n(left),
+                None => mean_eigenvalue(left, kind == Kind::Kronecker && low(left)),
             };
             let mean_right = mean_eigenvalue(right, low(right));
             let pi = (mean_left / mean_right).sqrt();
             let pi = if pi.is_finite() && pi > 0.0 { pi } else { 1.0 };
             let root = damping.sqrt();
-            let n = n_of;
-            let left = if kind == Kind::Kronecker {
+            let which = "its input factor A";
+            let left = if let Some(s) = sketched {
+                let r = factor_rank(s.n, rank)
+                    .expect("only factors with a low-rank inverse are sketched");
+                match s.inverse(r, pi * root) {
+                    Some(l) => Inverse::Done(Box::new(FactorInverse::low_rank(&l, s.n, &device))),
+                    None => Inverse::Failed(which),
+                }
+            } else if kind == Kind::Kronecker {
                 let trace = mean_left * n(left);
-                job(left, trace, pi * root, rank, "its input factor A")
+                job(left, trace, pi * root, rank, which)
             } else {
                 done(left.clone().add_scalar(pi * root).recip())
             };

@@ -14,7 +14,7 @@
 
 use burn::tensor::{Tensor, TensorData};
 
-use super::inverse::factor_rank;
+use super::inverse::{factor_rank, host};
 use super::KfacOptions;
 use crate::low_rank::LowRankInverse;
 use crate::nystrom::{nystrom_inverse, sketch_width, test_matrix};
@@ -44,34 +44,39 @@ pub(crate) fn batch_sketch(x: Tensor<2>, k: usize) -> Tensor<2> {
     Tensor::cat(vec![y, diagonal], 1).div_scalar(rows as f64)
 }
 
-/// `tr A` of a sketched factor: the sum of its diagonal column.
-pub(crate) fn trace(f: &Tensor<2>) -> f64 {
-    let [_, m] = f.dims();
-    f.clone().narrow(1, m - 1, 1).sum().into_scalar::<f64>()
+/// A sketched factor read to the host: `Y = A Ω` (`n × k`, row-major) and `tr A`.
+pub(crate) struct HostSketch {
+    pub n: usize,
+    pub k: usize,
+    pub y: Vec<f64>,
+    pub trace: f64,
 }
 
-/// `(A + δI)⁻¹` of rank `r` from a sketched factor `f` (its host `values`, `[n, k + 1]`) with
-/// trace `trace`.
-pub(crate) fn inverse(
-    values: &[f64],
-    n: usize,
-    trace: f64,
-    r: usize,
-    damping: f64,
-) -> Option<LowRankInverse> {
-    let k = values.len() / n - 1;
-    let y: Vec<f64> = values
-        .chunks_exact(k + 1)
-        .flat_map(|row| row[..k].iter().copied())
-        .collect();
-    nystrom_inverse(&y, trace, n, k, r, damping)
+impl HostSketch {
+    /// Reads the sketched factor `f` (`[n, k + 1]`) in one host read.
+    pub(crate) fn read(f: &Tensor<2>) -> Self {
+        let [n, m] = f.dims();
+        let k = m - 1;
+        let values = host(f);
+        let trace = values.chunks_exact(m).map(|row| row[k]).sum();
+        let y = values
+            .chunks_exact(m)
+            .flat_map(|row| row[..k].iter().copied())
+            .collect();
+        Self { n, k, y, trace }
+    }
+
+    /// `(A + δI)⁻¹` of rank `r`, from the sketch alone.
+    pub(crate) fn inverse(&self, r: usize, damping: f64) -> Option<LowRankInverse> {
+        nystrom_inverse(&self.y, self.trace, self.n, self.k, r, damping)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::factors::BlockFactors;
-    use crate::kfac::{direction, inverse::host, update};
+    use crate::kfac::{direction, update};
     use crate::low_rank::test_support::max_rel;
     use crate::test_devices::cpu_devices;
     use burn::module::ParamId;
@@ -120,7 +125,8 @@ mod tests {
             assert!(err < 1e-5, "relative error {err:e}");
             let full_host = host(d.left.as_ref().unwrap());
             let dense_trace: f64 = (0..a).map(|i| full_host[i * a + i]).sum();
-            let err = (trace(s.left.as_ref().unwrap()) - dense_trace).abs() / dense_trace;
+            let sketch_trace = HostSketch::read(s.left.as_ref().unwrap()).trace;
+            let err = (sketch_trace - dense_trace).abs() / dense_trace;
             assert!(err < 1e-5, "trace: relative error {err:e}");
             let narrow = update(None, id, &weight(6, k + 1, 3, &device), &sketched).unwrap();
             assert_eq!(narrow.left.unwrap().dims(), [k + 1, k + 1]);
