@@ -3,6 +3,9 @@
 # callgrind: (run of 60 steps − run of 20 steps) / 40, so that start-up and warm-up cancel.
 # Deterministic, unlike wall time on a shared machine: use it to compare two builds of a change.
 # One thread (RAYON_NUM_THREADS=1), so that no spinning worker adds instructions.
+# Not for KFAC methods with a factor period (`kfac-empirical-fK…`): their two runs hold different
+# numbers of factor updates, and the waits of their host-side inverses vary from run to run (for
+# `kfac-empirical-f50-r4` the difference came out negative).
 #
 #   cargo build --release --features flex --example bench
 #   scripts/instructions_per_step.sh target/release/examples/bench flex mlp-128 128 ngd-empirical-gram
