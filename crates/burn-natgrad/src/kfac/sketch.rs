@@ -33,12 +33,16 @@ pub(crate) fn is_sketch(f: &Tensor<2>) -> bool {
     1 < m && m < n
 }
 
+/// The test matrix `Ω` (`[n, k]`, [`test_matrix`]) on `device`.
+fn omega(n: usize, k: usize, device: &burn::tensor::Device) -> Tensor<2> {
+    let omega: Vec<f32> = test_matrix(n, k).iter().map(|&v| v as f32).collect();
+    Tensor::from_data(TensorData::new(omega, [n, k]), device)
+}
+
 /// A batch's sketch `[Xᵀ(XΩ) | Σ x²] / R` of `XᵀX / R` for rows `x` (`[R, n]`), `k` columns.
 pub(crate) fn batch_sketch(x: Tensor<2>, k: usize) -> Tensor<2> {
     let [rows, n] = x.dims();
-    let device = x.device();
-    let omega: Vec<f32> = test_matrix(n, k).iter().map(|&v| v as f32).collect();
-    let omega = Tensor::<2>::from_data(TensorData::new(omega, [n, k]), &device);
+    let omega = omega(n, k, &x.device());
     let y = x.clone().transpose().matmul(x.clone().matmul(omega));
     let diagonal = x.square().sum_dim(0).transpose();
     Tensor::cat(vec![y, diagonal], 1).div_scalar(rows as f64)
@@ -115,10 +119,11 @@ mod tests {
             let s = update(None, id, &first, &sketched).unwrap();
             let s = update(Some(&s), id, &second, &sketched).unwrap();
             let full = d.left.clone().unwrap();
-            let omega: Vec<f32> = test_matrix(a, k).iter().map(|&v| v as f32).collect();
-            let omega = Tensor::<2>::from_data(TensorData::new(omega, [a, k]), &device);
             let diagonal = (full.clone() * Tensor::<2>::eye(a, &device)).sum_dim(1);
-            let expected = host(&Tensor::cat(vec![full.matmul(omega), diagonal], 1));
+            let expected = host(&Tensor::cat(
+                vec![full.matmul(omega(a, k, &device)), diagonal],
+                1,
+            ));
             let got = host(s.left.as_ref().unwrap());
             assert_eq!(got.len(), a * (k + 1));
             let err = max_rel(&got, &expected);
