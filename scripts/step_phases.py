@@ -19,6 +19,8 @@ import sys
 # (phase, a substring of a function name on the stack), first match wins.
 PHASES = [
     ("KFAC two-sided low-rank product", "kfac::apply::both_mul"),
+    ("KFAC left inverse joined to the rows' product", "kfac::apply::left_rows_mul"),
+    ("KFAC other directions from the rows", "kfac::factored::factored_direction"),
     ("KFAC other directions", "kfac::direction"),
     ("KFAC factor update", "kfac::begin_update"),
     ("KFAC inverses", "kfac::finish_updates"),
@@ -49,7 +51,7 @@ def main() -> None:
     print(f"{total} samples")
     for phase, _ in PHASES + [("other", "")]:
         if counts[phase]:
-            print(f"  {phase:34s} {counts[phase]:6d}  {100 * counts[phase] / total:5.1f}%")
+            print(f"  {phase:46s} {counts[phase]:6d}  {100 * counts[phase] / total:5.1f}%")
 
 
 if __name__ == "__main__":

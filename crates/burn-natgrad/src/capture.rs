@@ -48,7 +48,7 @@ pub struct Capture {
     pub(crate) reuse: bool,
     /// On such a step, the configuration's
     /// [`kfac_rank`](crate::NaturalGradientConfig::kfac_rank): with low-rank inverses a Linear
-    /// layer records only where its rows pay ([`rows_pay`](crate::kfac::rows_pay)).
+    /// layer records only where its rows pay ([`rows_pay`](crate::kfac::rows_pay), `rows_form`).
     pub(crate) reuse_rank: Option<usize>,
 }
 

@@ -8,6 +8,11 @@
 //! CNN's first Linear layer (`a = 1024`, `b = 512`, `R = 64`) that is 117 M multiply-adds
 //! instead of 838 M: the same direction, up to rounding.
 //!
+//! With a low-rank left inverse `U diag(c) Uᵀ + sI` the direction is also
+//! `[Xᵀ | U] · [s·D ; c∘(Uᵀ Xᵀ D)]` with `D = Δ G⁻¹`: the gradient's own product with `r` more
+//! terms, in place of the gradient and then two skinny products and several passes over the
+//! `a × b` result ([`RowsForm::Fused`]; the MLP's first layer at batch 128 with rank 4).
+//!
 //! Blocks whose rows outnumber both sides (an MLP's last layer, a convolution's `T` output
 //! positions) keep the gradient-first product of [`direction`](super::direction). Used by the
 //! steps that reuse the factors ([`reuse`](super::reuse)), whose Linear layers record their rows
@@ -22,13 +27,18 @@ use super::{KfacState, Kind};
 use crate::factors::{fold_rows, Block, BlockFactors};
 
 /// `A⁻¹ g G⁻¹` of `block` from its rows, when its gradient is implicit (`g = U_dᵀ (w·1)` with
-/// the gradient weight `w`, see [`Factors::gradient_weight`](crate::factors::Factors)), its
-/// state is a full Kronecker pair and its rows are fewer than one side of its view; `None`
-/// otherwise (the caller then forms the gradient and applies [`direction`](super::direction)).
+/// the gradient weight `w`, see [`Factors::gradient_weight`](crate::factors::Factors)) and its
+/// state is a full Kronecker pair: as `A⁻¹ Xᵀ (Δ G⁻¹)` in one product when [`rows_form`] says
+/// [`RowsForm::Fused`] for `rank` (the optimizer's
+/// [`kfac_rank`](crate::NaturalGradientConfig::kfac_rank)) and the left inverse is low-rank,
+/// otherwise `(A⁻¹ Xᵀ)(Δ G⁻¹)` with each inverse on the smaller side when the rows are fewer
+/// than one side of its view; `None` otherwise (the caller then forms the gradient and applies
+/// [`direction`](super::direction)).
 pub(crate) fn factored_direction(
     state: &KfacState,
     block: &Block,
     w: &Tensor<1>,
+    rank: Option<usize>,
 ) -> Option<Tensor<2>> {
     if block.grad.is_some() {
         return None;
@@ -43,13 +53,21 @@ pub(crate) fn factored_direction(
     let [p, t, a] = input.dims();
     let b = output_grad.dims()[2];
     let r = p * t;
-    if (r >= a && r >= b) || a_inv.dims()[0] != a || state.right_inv.dims()[0] != b {
+    if a_inv.dims()[0] != a || state.right_inv.dims()[0] != b {
         return None;
     }
-    let x = input.clone().reshape([r, a]).transpose();
+    let fused = rows_form(r, a, b, rank) == Some(RowsForm::Fused) && state.left_coef.is_some();
+    if !fused && r >= a && r >= b {
+        return None;
+    }
+    let x = input.clone().reshape([r, a]);
     // Rows that share an input row (the sampled Fisher's copies) are summed first.
     let weighted = output_grad.clone() * w.clone().reshape([1, 1, 1]);
     let delta = fold_rows(weighted, p).reshape([r, b]);
+    if fused {
+        return state.left_rows_mul(x, state.right_mul(delta));
+    }
+    let x = x.transpose();
     let x = if r < b { state.left_mul(x) } else { x };
     let delta = if r < a { state.right_mul(delta) } else { delta };
     let d = x.matmul(delta);
@@ -57,17 +75,31 @@ pub(crate) fn factored_direction(
     Some(if r < a { d } else { state.right_mul(d) })
 }
 
-/// Whether a step that reuses KFAC's factors should record a Linear layer's `rows` (`X`, `Δ`)
-/// for its `a × b` weight: always with dense inverses (`rank` `None`; their products are what
-/// the rows spare, and [`factored_direction`] falls back when they spare nothing), and with
-/// low-rank ones ([`kfac_rank`](crate::NaturalGradientConfig::kfac_rank)) when the rows at
-/// least halve the multiply-adds of the products with the inverses. A low-rank product is cheap
-/// next to the capture itself: on the MLP 784-128-10 at batch 128 and 512 (paired rounds,
-/// `docs/kfac.md`, "Low-rank inverses") the rows, which would spare two fifths of those
-/// products at batch 128 and a sixth at 512, made the reusing step slower than its gradient.
-pub(crate) fn rows_pay(rows: usize, a: usize, b: usize, rank: Option<usize>) -> bool {
+/// How a step that reuses KFAC's factors forms a Linear layer's direction from its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RowsForm {
+    /// `(A⁻¹ Xᵀ)(Δ G⁻¹)`, each inverse on the smaller of its two sides.
+    Factored,
+    /// `A⁻¹ Xᵀ (Δ G⁻¹)` with a low-rank `A⁻¹` joined to the product `Xᵀ (Δ G⁻¹)`
+    /// ([`KfacState::left_rows_mul`]).
+    Fused,
+}
+
+/// Whether (and how) a step that reuses KFAC's factors should record a Linear layer's `rows`
+/// (`X`, `Δ`) for its `a × b` weight: always with dense inverses (`rank` `None`; their products
+/// are what the rows spare, and [`factored_direction`] falls back when they spare nothing), and
+/// with low-rank ones ([`kfac_rank`](crate::NaturalGradientConfig::kfac_rank)) when the rows at
+/// least halve the multiply-adds of the products with the inverses ([`RowsForm::Factored`]), or
+/// else when the left inverse is low-rank and joining it to the rows' product costs less than
+/// applying both inverses to the gradient ([`RowsForm::Fused`]), counting a pass over a tensor
+/// as one multiply-add per element: the gradient-first product reads or writes its `a × b`
+/// operand and result about eight times (its two projections, the rebuild, the scaled copy and
+/// the sum), the fused one copies `X` once. On the MLP 784-128-10 at batch 128 with rank 4
+/// that is 1.2 M against 2.4 M for the first layer (fused), 3.8 M against 2.4 M at batch 512,
+/// and 125 k against 33 k for the last layer (both gradient-first).
+pub(crate) fn rows_form(rows: usize, a: usize, b: usize, rank: Option<usize>) -> Option<RowsForm> {
     let Some(r) = rank else {
-        return true;
+        return Some(RowsForm::Factored);
     };
     // Multiply-adds of a product of the side-`n` inverse with `m` vectors.
     let cost = |n: usize, m: usize| match factor_rank(n, Some(r)) {
@@ -76,7 +108,21 @@ pub(crate) fn rows_pay(rows: usize, a: usize, b: usize, rank: Option<usize>) -> 
     };
     let gradient = cost(a, b) + cost(b, a);
     let from_rows = cost(a, rows.min(b)) + cost(b, rows.min(a));
-    2 * from_rows <= gradient
+    if 2 * from_rows <= gradient {
+        return Some(RowsForm::Factored);
+    }
+    let left = factor_rank(a, Some(r))?;
+    // `X U`, its product with `Δ G⁻¹`, the `r` more terms of the product, `G⁻¹` on the rows,
+    // the copy of `X` (read and written) and the passes over the `R × b` rows.
+    let fused = left * a * rows + left * rows * b + a * left * b + cost(b, rows) + 2 * rows * a;
+    let fused = fused + 3 * rows * b;
+    (fused <= gradient + 8 * a * b).then_some(RowsForm::Fused)
+}
+
+/// Whether a step that reuses KFAC's factors should record a Linear layer's rows (see
+/// [`rows_form`]).
+pub(crate) fn rows_pay(rows: usize, a: usize, b: usize, rank: Option<usize>) -> bool {
+    rows_form(rows, a, b, rank).is_some()
 }
 
 #[cfg(test)]
@@ -124,19 +170,23 @@ mod tests {
         (a - b).abs().max().into_scalar::<f32>() / scale
     }
 
-    /// Whichever side acts on the rows first, the direction is the gradient-first one: for
-    /// rows fewer than both sides, than one of them, with weight sharing (`T = 2`), with
-    /// periodic inputs (two copies sharing one input row) and with separate data rows.
+    /// Whichever side acts on the rows first, and with the left inverse joined to the rows'
+    /// product, the direction is the gradient-first one: for rows fewer than both sides, than
+    /// one of them, with weight sharing (`T = 2`), with periodic inputs (two copies sharing one
+    /// input row) and with separate data rows.
     #[test]
     fn the_factored_direction_is_the_gradient_first_one() {
         for device in cpu_devices() {
-            // (P, M, T, a, b): rows 6 < both; 12 < a only; 12 < b only; periodic; T = 2.
+            // (P, M, T, a, b): rows 6 < both; 12 < a only; 12 < b only; periodic; T = 2; and
+            // two where rank 4 joins the left inverse to the product (rows 20 = b < a; 10 · 2).
             for (p, m, t, a, b) in [
                 (6, 6, 1, 20, 9),
                 (12, 12, 1, 20, 9),
                 (12, 12, 1, 9, 20),
                 (3, 6, 1, 20, 9),
                 (4, 4, 2, 20, 9),
+                (20, 20, 1, 40, 20),
+                (10, 10, 2, 40, 20),
             ] {
                 let fisher = weight(p, m, t, a, b, &device);
                 // Dense inverses, and low-rank ones for the side of 20 (wider than 4 · 4).
@@ -160,7 +210,8 @@ mod tests {
                         let rows = data.unwrap_or_else(|| fisher.clone());
                         let g = rows.back(&uniform_weights(rows.rows(), &w));
                         let expected = direction(&state, g);
-                        let d = factored_direction(&state, &blk, &w).expect("rows below a side");
+                        let d =
+                            factored_direction(&state, &blk, &w, rank).expect("rows below a side");
                         let err = max_rel(d, expected);
                         assert!(
                             err < 1e-4,
@@ -172,21 +223,31 @@ mod tests {
         }
     }
 
-    /// Dense inverses always take the rows; low-rank ones where the rows halve their products:
-    /// the guide CNN's first Linear layer (1024 → 512, batch 64) but not the MLP's (784 →
-    /// 128, batch 128 or 512).
+    /// Dense inverses always take the rows; low-rank ones where the rows halve their products
+    /// (the guide CNN's first Linear layer, 1024 → 512 at batch 64), or where a low-rank left
+    /// inverse joins the rows' product for less (the MLP's first layer, 784 → 128, at batch 128,
+    /// not at 512; never its last, 128 → 10).
     #[test]
     fn the_rows_are_recorded_where_they_pay() {
-        assert!(rows_pay(128, 784, 128, None));
-        assert!(rows_pay(128, 128, 10, None));
-        assert!(!rows_pay(128, 784, 128, Some(16)));
-        assert!(!rows_pay(512, 784, 128, Some(16)));
-        assert!(!rows_pay(128, 128, 10, Some(16)));
-        assert!(rows_pay(64, 1024, 512, Some(64)));
+        use RowsForm::{Factored, Fused};
+        assert_eq!(rows_form(128, 784, 128, None), Some(Factored));
+        assert_eq!(rows_form(128, 128, 10, None), Some(Factored));
+        assert_eq!(rows_form(128, 784, 128, Some(4)), Some(Fused));
+        assert_eq!(rows_form(128, 784, 128, Some(16)), Some(Fused));
+        assert_eq!(rows_form(512, 784, 128, Some(4)), None);
+        assert_eq!(rows_form(512, 784, 128, Some(16)), None);
+        assert_eq!(rows_form(128, 128, 10, Some(4)), None);
+        assert_eq!(rows_form(128, 128, 10, Some(16)), None);
+        assert_eq!(rows_form(64, 1024, 512, Some(64)), Some(Factored));
         // Low-rank A (784 > 4 · 32), dense G (128): the rows spare most of G's product.
-        assert!(rows_pay(16, 784, 128, Some(32)));
-        assert!(rows_pay(128, 784, 128, Some(32)));
-        assert!(!rows_pay(1024, 784, 128, Some(32)));
+        assert_eq!(rows_form(16, 784, 128, Some(32)), Some(Factored));
+        assert_eq!(rows_form(128, 784, 128, Some(32)), Some(Factored));
+        assert_eq!(rows_form(1024, 784, 128, Some(32)), None);
+        // The cases of the tests below and of the factor-period integration test.
+        assert_eq!(rows_form(20, 40, 20, Some(4)), Some(Fused));
+        assert_eq!(rows_form(8, 164, 10, Some(40)), Some(Fused));
+        assert_eq!(rows_form(8, 164, 2, Some(40)), None);
+        assert!(rows_pay(20, 40, 20, Some(4)) && !rows_pay(512, 784, 128, Some(4)));
     }
 
     /// Rows at least as many as both sides, or an explicit gradient, keep the gradient-first
@@ -205,11 +266,11 @@ mod tests {
             let w = Tensor::<1>::from_floats([1.0], &device);
             let many = weight(30, 30, 1, 20, 9, &device);
             let state = update(None, ParamId::new(), &many, &options).unwrap();
-            assert!(factored_direction(&state, &block(many, None), &w).is_none());
+            assert!(factored_direction(&state, &block(many, None), &w, None).is_none());
             let few = weight(4, 4, 1, 20, 9, &device);
             let mut explicit = block(few, None);
             explicit.grad = Some(Tensor::zeros([20, 9], &device));
-            assert!(factored_direction(&state, &explicit, &w).is_none());
+            assert!(factored_direction(&state, &explicit, &w, None).is_none());
         }
     }
 }

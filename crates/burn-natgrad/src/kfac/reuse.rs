@@ -202,7 +202,7 @@ impl NaturalGradient {
                 )));
             }
             let factored = match (&factors.gradient_weight, factors.blocks.get(i)) {
-                (Some(w), Some(block)) => factored_direction(&state, block, w),
+                (Some(w), Some(block)) => factored_direction(&state, block, w, c.kfac_rank),
                 _ => None,
             };
             let d = factored.unwrap_or_else(|| direction(&state, gradient(i).reshape(view)));

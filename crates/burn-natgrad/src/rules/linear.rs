@@ -67,8 +67,9 @@ impl Capture {
     /// here too, though it is disabled: the reusing step's direction for this layer is cheaper
     /// from its rows than from its gradient. With low-rank inverses
     /// ([`kfac_rank`](crate::NaturalGradientConfig::kfac_rank)) only where the rows at least
-    /// halve the products with the inverses; otherwise the layer runs plainly and its
-    /// direction comes from its gradient.
+    /// halve the products with the inverses, or a low-rank input-side inverse joins the rows'
+    /// product for less than the products with the gradient (`kfac::rows_form`); otherwise
+    /// the layer runs plainly and its direction comes from its gradient.
     ///
     /// # Panics
     /// If the capture is enabled or reuses KFAC's factors, and `input` has rank 1 (no example
@@ -78,7 +79,8 @@ impl Capture {
     pub fn linear<const D: usize>(&mut self, layer: &Linear, input: Tensor<D>) -> Tensor<D> {
         // A step that reuses KFAC's factors records its Linear layers too: their direction
         // `(A⁻¹ Xᵀ)(Δ G⁻¹)` from the rows is cheaper than from the gradient when the batch is
-        // smaller than a side of the weight (`kfac/factored.rs`).
+        // smaller than a side of the weight, or a low-rank `A⁻¹` joins the product
+        // (`kfac/factored.rs`).
         if !self.enabled && !self.reuse {
             return layer.forward(input);
         }

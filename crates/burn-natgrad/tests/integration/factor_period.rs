@@ -150,10 +150,11 @@ fn kron_quadratic(f: &HostFactors, d: &[f64]) -> f64 {
 /// reuse them on the plain gradient, which equals a captured step's on the same batch; step 7
 /// averages its factors with those of steps 1–4 only.
 fn check<M: Net>(name: &str, model: M, device: &Device, fisher: FisherKind, limit: usize) {
-    check_ranked(name, model, device, fisher, limit, None);
+    check_ranked(name, model, device, fisher, limit, None, true);
 }
 
-/// [`check`] with the inverses' `rank`.
+/// [`check`] with the inverses' `rank`; `rows`: whether the reusing steps record some Linear
+/// layer's rows (`kfac::rows_form`), or take the plain gradient of every layer.
 fn check_ranked<M: Net>(
     name: &str,
     model: M,
@@ -161,6 +162,7 @@ fn check_ranked<M: Net>(
     fisher: FisherKind,
     limit: usize,
     rank: Option<usize>,
+    rows: bool,
 ) {
     let what = format!("{name} {fisher:?} block limit {limit} rank {rank:?}");
     // A trust region that never binds, so that every step reports its dᵀFd.
@@ -193,7 +195,7 @@ fn check_ranked<M: Net>(
             .data
             .as_ref()
             .map_or(first.factors.rows(), |d| d.factors.rows());
-        let plain = reused_gradients(&what, &model, &grads, n, rank.is_none());
+        let plain = reused_gradients(&what, &model, &grads, n, rows);
         let expected_g: Vec<f64> = (0..factors.blocks.len())
             .flat_map(|i| host(factors.gradient(i)))
             .collect();
@@ -232,10 +234,13 @@ fn reused_steps_precondition_the_plain_gradient_with_the_inverses_in_force() {
             let wide = Mlp::new(&[12, 10, 3], true, 21, &device);
             check(name, wide, &device, fisher, 2048);
             // Low-rank inverses of the first layer's 164-wide input factor, exact while its
-            // rank (8 per batch, 40 after five) is within 40; its rows would not halve the
-            // products, so the reusing steps take its plain gradient (`kfac::rows_pay`).
+            // rank (8 per batch, 40 after five) is within 40. With 2 outputs its rows would
+            // not pay, so the reusing steps take its plain gradient; with 10 the left inverse
+            // joins the rows' product (`kfac::rows_form`, `KfacState::left_rows_mul`).
             let ranked = Mlp::new(&[164, 2, 3], true, 21, &device);
-            check_ranked(name, ranked, &device, fisher, 2048, Some(40));
+            check_ranked(name, ranked, &device, fisher, 2048, Some(40), false);
+            let fused = Mlp::new(&[164, 10, 3], true, 21, &device);
+            check_ranked(name, fused, &device, fisher, 2048, Some(40), true);
             check(
                 name,
                 crate::embedding_norm::TokenNet::new(&device),

@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Paired step-time rounds of two builds of the benchmark: SGD (from the new build) as the
+reference, then each method from the new build and from the old one, in one loop of fresh
+processes, so that a change's effect is read against the same SGD and the same slow spells.
+
+    scripts/ab_rounds.py ROUNDS STEPS BATCH NEW_BENCH OLD_BENCH METHOD...
+    BACKEND=ndarray scripts/ab_rounds.py ...   (default flex; MLP-128)
+
+For each: the median step and its ratio to SGD's (median over rounds), and the mean step with
+the median over rounds of its ratio and the ratio of the means. The children run with glibc's
+mmap threshold fixed, as `bench` runs its own, unless GLIBC_TUNABLES is set. Keep the old
+build by copying `target/release/examples/bench` before rebuilding.
+"""
+import os
+import statistics
+import subprocess
+import sys
+
+# The same as `ALLOCATOR` in examples/bench.rs.
+ALLOCATOR = "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=268435456"
+
+
+def main() -> None:
+    if len(sys.argv) < 7:
+        sys.exit(__doc__)
+    rounds, steps, batch, new, old = sys.argv[1:6]
+    methods = sys.argv[6:]
+    backend = os.environ.get("BACKEND", "flex")
+    env = dict(os.environ)
+    env.setdefault("GLIBC_TUNABLES", ALLOCATOR)
+    runs = [("sgd", new, "sgd")]
+    runs += [(f"{m}@new", new, m) for m in methods]
+    runs += [(f"{m}@old", old, m) for m in methods]
+    medians = {k: [] for k, _, _ in runs}
+    means = {k: [] for k, _, _ in runs}
+    for _ in range(int(rounds)):
+        for key, binary, method in runs:
+            out = subprocess.run(
+                [binary, "--child", backend, "mlp-128", batch, method, steps],
+                capture_output=True, text=True, env=env, check=True,
+            ).stdout.split()
+            times = [float(x) for x in out[1:]]
+            medians[key].append(statistics.median(times))
+            means[key].append(statistics.mean(times))
+    for key, _, _ in runs:
+        ratios = [a / s for a, s in zip(medians[key], medians["sgd"])]
+        mean_ratios = [a / s for a, s in zip(means[key], means["sgd"])]
+        of_means = statistics.mean(means[key]) / statistics.mean(means["sgd"])
+        print(
+            f"{key:34s} median {statistics.median(medians[key]):.3f} ms "
+            f"ratio {statistics.median(ratios):.2f} | mean {statistics.median(means[key]):.3f} ms "
+            f"ratio-median {statistics.median(mean_ratios):.2f} ratio-of-means {of_means:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
