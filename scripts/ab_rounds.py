@@ -7,17 +7,16 @@ processes, so that a change's effect is read against the same SGD and the same s
     BACKEND=ndarray scripts/ab_rounds.py ...   (default flex; MLP-128)
 
 For each: the median step and its ratio to SGD's (median over rounds), and the mean step with
-the median over rounds of its ratio and the ratio of the means. The children run with glibc's
-mmap threshold fixed, as `bench` runs its own, unless GLIBC_TUNABLES is set. Keep the old
-build by copying `target/release/examples/bench` before rebuilding.
+the median over rounds of its ratio and the ratio of the means. The children are run by
+`paired_rounds.py`'s helpers: with glibc's mmap threshold fixed, as `bench` runs its own,
+unless GLIBC_TUNABLES is set. Keep the old build by copying `target/release/examples/bench`
+before rebuilding.
 """
 import os
 import statistics
-import subprocess
 import sys
 
-# The same as `ALLOCATOR` in examples/bench.rs.
-ALLOCATOR = "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=268435456"
+from paired_rounds import child_env, child_times
 
 
 def main() -> None:
@@ -26,8 +25,7 @@ def main() -> None:
     rounds, steps, batch, new, old = sys.argv[1:6]
     methods = sys.argv[6:]
     backend = os.environ.get("BACKEND", "flex")
-    env = dict(os.environ)
-    env.setdefault("GLIBC_TUNABLES", ALLOCATOR)
+    env = child_env()
     runs = [("sgd", new, "sgd")]
     runs += [(f"{m}@new", new, m) for m in methods]
     runs += [(f"{m}@old", old, m) for m in methods]
@@ -35,11 +33,7 @@ def main() -> None:
     means = {k: [] for k, _, _ in runs}
     for _ in range(int(rounds)):
         for key, binary, method in runs:
-            out = subprocess.run(
-                [binary, "--child", backend, "mlp-128", batch, method, steps],
-                capture_output=True, text=True, env=env, check=True,
-            ).stdout.split()
-            times = [float(x) for x in out[1:]]
+            times = child_times(binary, backend, "mlp-128", batch, method, steps, env)
             medians[key].append(statistics.median(times))
             means[key].append(statistics.mean(times))
     for key, _, _ in runs:

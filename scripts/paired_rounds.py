@@ -25,25 +25,36 @@ import sys
 ALLOCATOR = "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=268435456"
 
 
+def child_env() -> dict:
+    """The environment of every child: this one, with the allocator fixed unless set."""
+    env = dict(os.environ)
+    env.setdefault("GLIBC_TUNABLES", ALLOCATOR)
+    return env
+
+
+def child_times(binary, backend, model, batch, method, steps, env) -> list:
+    """The step times (ms) of one `bench --child` process; exits with its error if it fails."""
+    run = subprocess.run(
+        [binary, "--child", backend, model, batch, method, steps],
+        capture_output=True, text=True, check=False, env=env,
+    )
+    fields = run.stdout.split()
+    if run.returncode != 0 or len(fields) < 2:
+        sys.exit(f"error: `{method}` failed: {run.stderr.strip()}")
+    return [float(x) for x in fields[1:]]
+
+
 def main() -> None:
     if len(sys.argv) < 9:
         sys.exit(__doc__)
     binary, backend, model, batch, rounds, steps = sys.argv[1:7]
     methods = sys.argv[7:]
-    env = dict(os.environ)
-    env.setdefault("GLIBC_TUNABLES", ALLOCATOR)
+    env = child_env()
     medians = {m: [] for m in methods}
     means = {m: [] for m in methods}
     for _ in range(int(rounds)):
         for m in methods:
-            run = subprocess.run(
-                [binary, "--child", backend, model, batch, m, steps],
-                capture_output=True, text=True, check=False, env=env,
-            )
-            fields = run.stdout.split()
-            if run.returncode != 0 or len(fields) < 2:
-                sys.exit(f"error: `{m}` failed: {run.stderr.strip()}")
-            times = [float(x) for x in fields[1:]]
+            times = child_times(binary, backend, model, batch, m, steps, env)
             medians[m].append(statistics.median(times))
             means[m].append(statistics.mean(times))
     ref = methods[0]
