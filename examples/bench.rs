@@ -32,6 +32,15 @@
 //! KFAC's reusing step (whose dense input factor, freed at each update, raised it), and KFAC
 //! with sketched factors (which frees no such block) twice as slow as with dense ones
 //! (`docs/kfac-low-rank/sketch/default-allocator.txt`). A long training process raises it early either way.
+//!
+//! With `NATGRAD_BENCH_IN_POOL=1` (inherited by the children, so `scripts/paired_rounds.py`
+//! takes it too) each child runs its measured steps inside `rayon::scope`, on one of the CPU
+//! backends' pool threads, for every method alike. By default the steps run on the process's
+//! main thread, which is not one of the pool's: after each parallel product the pool's workers
+//! spin for a while before they sleep, beside the main thread's serial work, and on a two-core
+//! machine that is three threads on two cores (`docs/kfac.md`, "The rows' product at batch
+//! 128"). The default is what a training loop on its own thread gets; the in-pool protocol
+//! is what it gets inside `rayon::ThreadPool::install` or `rayon::scope`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -167,15 +176,31 @@ fn child(backend: &str, model_name: &str, batch: usize, method: &str, steps: usi
     for _ in 0..warm_up {
         model = step(method, model, &mut optim, ng.as_ref(), &x, &y);
     }
-    let mut times = Vec::with_capacity(steps);
-    for _ in 0..steps {
-        let t = Instant::now();
-        model = step(method, model, &mut optim, ng.as_ref(), &x, &y);
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
+    let measure = move || {
+        let mut times = Vec::with_capacity(steps);
+        for _ in 0..steps {
+            let t = Instant::now();
+            model = step(method, model, &mut optim, ng.as_ref(), &x, &y);
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times
+    };
+    let times = if in_pool() {
+        // On one of the pool's threads: the calling thread then waits instead of running beside
+        // the pool's workers (see the module docs).
+        rayon::scope(|_| measure())
+    } else {
+        measure()
+    };
     let peak = (rss_kb("VmHWM:") - base) / 1024.0;
     let times: Vec<String> = times.iter().map(|t| t.to_string()).collect();
     println!("{peak} {}", times.join(" "));
+}
+
+/// Whether the children run their measured steps on one of the thread pool's threads
+/// (`NATGRAD_BENCH_IN_POOL=1`; see the module docs).
+fn in_pool() -> bool {
+    std::env::var("NATGRAD_BENCH_IN_POOL").is_ok_and(|v| v == "1")
 }
 
 /// The allocator setting of every child (see the module docs).

@@ -14,7 +14,9 @@ Arguments: bench binary, backend, model, batch, rounds, steps per process, then 
 (the first is the reference; `bench --help` lists them).
 
 The children run with glibc's mmap threshold fixed, as `bench` runs its own (see `ALLOCATOR` in
-`examples/bench.rs`), unless GLIBC_TUNABLES is already set.
+`examples/bench.rs`), unless GLIBC_TUNABLES is already set. They inherit the environment, so
+`NATGRAD_BENCH_IN_POOL=1` runs every child's measured steps on one of the thread pool's threads
+(`examples/bench.rs`).
 """
 import os
 import statistics

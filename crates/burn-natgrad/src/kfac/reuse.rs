@@ -225,14 +225,9 @@ impl NaturalGradient {
                 ..state
             });
         }
-        // One host read: a finiteness probe of the directions (the sum of their sums, times 0),
-        // and dᵀFd for the trust region.
-        let probe = directions
-            .iter()
-            .map(|(_, d, _)| d.clone().sum())
-            .reduce(|a, b| a + b)
-            .expect("at least one parameter with a KFAC state");
-        let mut read = vec![probe.mul_scalar(0.0)];
+        // One host read: a finiteness probe of the directions (each one's sum: finite exactly
+        // when its entries are, barring an overflow of the sum), and dᵀFd for the trust region.
+        let mut read: Vec<Tensor<1>> = directions.iter().map(|(_, d, _)| d.clone().sum()).collect();
         read.extend(quadratics.into_iter().reduce(|a, b| a + b));
         let values: Vec<f64> = Tensor::cat(read, 0)
             .into_data()

@@ -23,7 +23,7 @@ use burn::tensor::module::{conv2d, unfold4d};
 use burn::tensor::ops::{ConvOptions, PadMode, UnfoldOptions};
 use burn::tensor::{Gradients, Tensor};
 
-use super::{constant, probe, require_autodiff, trainable, Recorded};
+use super::{constant, probed, require_autodiff, trainable, Recorded};
 use crate::capture::Capture;
 use crate::factors::BlockFactors;
 
@@ -111,7 +111,7 @@ fn padding(layer: &Conv2d, h: usize, w: usize) -> ((usize, usize), (usize, usize
 
 impl Capture {
     /// `layer.forward(input)` for a 2-D convolution on `[N, C, H, W]` input, recording the
-    /// input's patches and adding a zero probe leaf to its output `[N, out, H', W']`. As for
+    /// input's patches and a probe leaf at its output `[N, out, H', W']`. As for
     /// [`linear`](Self::linear): the parameters enter the graph as constants, a frozen parameter
     /// gets no factors, a layer with neither parameter trainable is not recorded. Every
     /// stride, dilation, group count and padding of Burn's `Conv2d` is handled (see the module
@@ -138,8 +138,8 @@ impl Capture {
             layer.bias.as_ref().map(|b| constant(b.val())),
             options,
         );
-        let probe = probe(output.dims(), &output.device());
-        let output = output + probe.clone();
+        let dims = output.dims();
+        let (probe, output) = probed(output, dims);
         // The patches, padded as the forward pass pads (possibly asymmetrically), then unfolded
         // without padding.
         let x = input.inner();

@@ -9,7 +9,7 @@ use burn::module::ParamId;
 use burn::nn::Embedding;
 use burn::tensor::{Gradients, Int, Tensor};
 
-use super::{constant, probe, require_autodiff, Recorded};
+use super::{constant, probed, require_autodiff, Recorded};
 use crate::capture::Capture;
 use crate::factors::BlockFactors;
 
@@ -37,7 +37,7 @@ impl EmbeddingUse {
 
 impl Capture {
     /// `layer.forward(ids)` for an Embedding read at `ids` `[N, T]` (`N` examples of `T`
-    /// tokens), recording the ids and adding a zero probe leaf to its output `[N, T, d]`. The
+    /// tokens), recording the ids and making its output `[N, T, d]` a probe leaf. The
     /// table enters the graph as a constant; a frozen table is not recorded. Ids must be below
     /// 2²⁴ (they travel as floats).
     ///
@@ -50,8 +50,8 @@ impl Capture {
         let table = layer.weight.val();
         require_autodiff(&table, "embedding");
         let output = burn::tensor::module::embedding(constant(table), ids.clone());
-        let probe = probe(output.dims(), &output.device());
-        let output = output + probe.clone();
+        let dims = output.dims();
+        let (probe, output) = probed(output, dims);
         self.records.push(Recorded::Embedding(EmbeddingUse {
             weight: layer.weight.id,
             ids: ids.float().inner(),

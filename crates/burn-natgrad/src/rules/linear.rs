@@ -8,7 +8,7 @@ use burn::module::ParamId;
 use burn::nn::Linear;
 use burn::tensor::{Gradients, Tensor};
 
-use super::{constant, probe, require_autodiff, trainable, Recorded};
+use super::{constant, probed, require_autodiff, sum_positions, trainable, Recorded};
 use crate::capture::Capture;
 use crate::error::NatGradError;
 use crate::factors::BlockFactors;
@@ -30,10 +30,9 @@ pub(crate) struct LinearUse {
 impl LinearUse {
     pub(crate) fn blocks(self, grads: &Gradients) -> Option<Vec<(ParamId, BlockFactors)>> {
         let output_grad = self.probe.grad(grads)?;
-        let [n, _, out] = output_grad.dims();
         let mut blocks = Vec::new();
         if let Some(bias) = self.bias {
-            let rows = output_grad.clone().sum_dim(1).reshape([n, out]);
+            let rows = sum_positions(output_grad.clone());
             blocks.push((bias, BlockFactors::Bias { output_grad: rows }));
         }
         if let Some(weight) = self.weight {
@@ -48,8 +47,9 @@ impl LinearUse {
 }
 
 impl Capture {
-    /// `layer.forward(input)`, recording the layer input and adding a zero probe leaf to its
-    /// output. The layer's parameters enter the graph as constants: the backward pass computes no
+    /// `layer.forward(input)`, recording the layer input and putting a probe leaf at its output
+    /// (a zero leaf added to it, or the output itself when its input carries no gradient). The
+    /// layer's parameters enter the graph as constants: the backward pass computes no
     /// gradient for them (their gradients come from the factors). A frozen parameter (without
     /// `require_grad`) gets no factors and is left alone; a layer with neither parameter
     /// trainable is not recorded. `input` is `[N, in]` or `[N, …, in]`: dimension 0 indexes the
@@ -139,9 +139,7 @@ impl Capture {
         };
         let rows = input.dims()[0];
         let d_out = output.dims()[D - 1];
-        let probe = probe([n, t, d_out], &output.device());
-        let shape = output.shape();
-        let output = output + probe.clone().reshape(shape);
+        let (probe, output) = probed(output, [n, t, d_out]);
         self.records.push(Recorded::Linear(LinearUse {
             weight,
             bias,

@@ -3,8 +3,9 @@
 //! A rule (modelled on ASDL's `operations/` and kfac-jax's per-layer curvature blocks):
 //!
 //! 1. runs its layer inside [`Capture`](crate::Capture) with the layer's parameters as graph
-//!    constants (the backward pass computes no gradient for them) and a zero probe leaf added to
-//!    the layer's output, recording what the factors need (the layer input, or its patches);
+//!    constants (the backward pass computes no gradient for them) and a probe leaf at the
+//!    layer's output (a zero leaf added to it, or the output itself when it carries no
+//!    gradient: [`probed`]), recording what the factors need (the layer input, or its patches);
 //! 2. after the backward pass, turns the probe's gradient into the **factor format** every rule
 //!    speaks, the one curvlinops normalises layers to: inputs `[N, T, in]` and output gradients
 //!    `[N, T, out]`, `N` examples (rows), `T` weight-sharing positions (a sequence's steps, a
@@ -71,6 +72,35 @@ pub(crate) fn require_autodiff<const D: usize>(input: &Tensor<D>, what: &str) {
 /// after the backward pass is the gradient at that output.
 pub(crate) fn probe<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::<D>::zeros(shape, device).require_grad()
+}
+
+/// A layer's `output` with a probe (see [`probe`]) of shape `dims` (the output's elements, in
+/// the rule's layout): `(probe, output)`, the probe's gradient after the backward pass being
+/// the gradient at the output. An output that carries no gradient (the layer's input derives
+/// from the data alone, its parameters enter as constants: a network's first layer) is made
+/// the leaf itself instead of adding a zero leaf to it: the same values and gradient, without
+/// the zeros and the sum.
+pub(crate) fn probed<const D: usize, const P: usize>(
+    output: Tensor<D>,
+    dims: [usize; P],
+) -> (Tensor<P>, Tensor<D>) {
+    let shape = output.shape();
+    if output.is_tracked() {
+        let probe = probe(dims, &output.device());
+        (probe.clone(), output + probe.reshape(shape))
+    } else {
+        let probe = output.reshape(dims).require_grad();
+        (probe.clone(), probe.reshape(shape))
+    }
+}
+
+/// Per-example rows `[N, F]` of `[N, T, F]`, summed over the `T` positions; without a
+/// sequence (`T = 1`) the rows themselves, reshaped (a reduction over a dimension of one would
+/// copy them).
+pub(crate) fn sum_positions(rows: Tensor<3>) -> Tensor<2> {
+    let [n, t, f] = rows.dims();
+    let rows = if t == 1 { rows } else { rows.sum_dim(1) };
+    rows.reshape([n, f])
 }
 
 /// What a rule recorded for one use of its layer in the forward pass.

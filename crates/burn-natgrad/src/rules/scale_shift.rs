@@ -10,7 +10,7 @@
 use burn::module::{Param, ParamId};
 use burn::tensor::{Gradients, Tensor};
 
-use super::{constant, probe, Recorded};
+use super::{constant, probe, sum_positions, Recorded};
 use crate::capture::Capture;
 use crate::factors::BlockFactors;
 
@@ -87,14 +87,13 @@ pub(crate) struct ScaleShiftUse {
 impl ScaleShiftUse {
     pub(crate) fn blocks(self, grads: &Gradients) -> Option<Vec<(ParamId, BlockFactors)>> {
         let delta = self.probe.grad(grads)?;
-        let [n, _, d] = delta.dims();
         let mut blocks = Vec::new();
         if let Some(gamma) = self.gamma {
-            let rows = (self.normalised * delta.clone()).sum_dim(1).reshape([n, d]);
+            let rows = sum_positions(self.normalised * delta.clone());
             blocks.push((gamma, BlockFactors::Dense { rows }));
         }
         if let Some(beta) = self.beta {
-            let rows = delta.sum_dim(1).reshape([n, d]);
+            let rows = sum_positions(delta);
             blocks.push((beta, BlockFactors::Dense { rows }));
         }
         Some(blocks)
