@@ -113,7 +113,7 @@ fn main() {
             .expect("precondition");
         let precondition = ms(p);
         let a = Instant::now();
-        model = ng.apply(&mut optim, 0.1, model, pre);
+        model = ng.apply(&mut optim, model, pre);
         sync(&model);
         let (apply, whole) = (ms(a), ms(s));
 

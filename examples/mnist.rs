@@ -201,6 +201,9 @@ fn average_for(args: &Args, spec: &OptimizerSpec) -> Option<f64> {
     }
 }
 
+/// The widest hidden layer the example accepts: 784 × 2²⁰ weights are 3 GiB of `f32`.
+const MAX_HIDDEN: usize = 1 << 20;
+
 /// Every numeric option, the natural gradient's configuration and the output folder, before
 /// anything is loaded.
 fn check(args: &Args) -> Result<(), String> {
@@ -208,6 +211,12 @@ fn check(args: &Args) -> Result<(), String> {
     checks
         .at_least_one("batch-size", args.batch_size)
         .at_least_one("hidden", args.hidden)
+        .at_most(
+            "hidden",
+            args.hidden,
+            MAX_HIDDEN,
+            "the MLP's first weight alone would take more than 3 GiB",
+        )
         .at_least_one("seeds", args.seeds)
         .positive("sgd-lr", args.sgd_lr)
         .positive("adam-lr", args.adam_lr);

@@ -145,6 +145,12 @@ fn check(args: &Args) -> Result<(), String> {
     checks
         .at_least_one("batch-size", args.batch_size)
         .at_least_one("hidden", args.hidden)
+        .at_most(
+            "hidden",
+            args.hidden,
+            1 << 20,
+            "the first Linear layer's weight alone would take more than 4 GiB",
+        )
         .at_least_one("evals-per-epoch", args.evals_per_epoch)
         .positive("lr", lr)
         .positive("damping", damping)

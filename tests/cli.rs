@@ -33,6 +33,10 @@ fn bad_values_of_the_mlp_example_are_refused() {
     for (args, expect) in [
         (vec!["--batch-size", "0"], "--batch-size must be at least 1"),
         (vec!["--hidden", "0"], "--hidden must be at least 1"),
+        (
+            vec!["--hidden", "99999999999"],
+            "--hidden must be at most 1048576",
+        ),
         (vec!["--epochs", "0"], "--epochs must be at least 1"),
         (vec!["--limit", "0"], "--limit must be at least 1"),
         (vec!["--samples", "0"], "--samples must be at least 1"),

@@ -289,6 +289,16 @@ impl Checks {
         self
     }
 
+    /// `--name` must be at most `max` (`what` says what a larger value would cost).
+    pub fn at_most(&mut self, name: &str, value: usize, max: usize, what: &str) -> &mut Self {
+        if value > max {
+            self.0.push(format!(
+                "--{name} must be at most {max} ({what}), got {value}"
+            ));
+        }
+        self
+    }
+
     /// `--name` must be a finite number > 0.
     pub fn positive(&mut self, name: &str, value: f64) -> &mut Self {
         if !(value.is_finite() && value > 0.0) {

@@ -92,8 +92,9 @@ pub struct NaturalGradientConfig {
     /// rule. `None` (default): fixed damping.
     #[config(default = "None")]
     pub adaptive_damping: Option<AdaptiveDampingConfig>,
-    /// KL trust region: the step is shrunk so that `½ lr² dᵀFd ≤ kl_max`. `None` (default):
-    /// no trust region.
+    /// KL trust region: the applied step `lr·u` (the natural-gradient direction with weight
+    /// decay and momentum) is shrunk so that its predicted KL divergence `½ lr² uᵀFu ≤ kl_max`.
+    /// `None` (default): no trust region.
     #[config(default = "None")]
     pub kl_max: Option<f64>,
     /// Use the per-layer block-diagonal Fisher instead of the full, coupled one. Default: false.
@@ -182,9 +183,11 @@ pub struct NaturalGradientConfig {
     /// this many consecutive skipped steps; `None`: never stop. Default: 10.
     #[config(default = "Some(10)")]
     pub max_consecutive_skips: Option<usize>,
-    /// Momentum applied to the natural-gradient direction (as Burn's SGD). Default: none.
+    /// Momentum applied to the natural-gradient direction (as Burn's SGD forms it, before the
+    /// trust region; the velocity kept is that of the step applied). Default: none.
     pub momentum: Option<MomentumConfig>,
-    /// Weight decay added to the natural-gradient direction (as Burn's SGD). Default: none.
+    /// Weight decay added to the natural-gradient direction (as Burn's SGD adds it, before the
+    /// momentum and the trust region). Default: none.
     pub weight_decay: Option<WeightDecayConfig>,
 }
 
@@ -192,14 +195,7 @@ impl NaturalGradientConfig {
     /// Builds the optimizer, or says which value is invalid.
     pub fn try_build(&self) -> Result<NaturalGradient, NatGradError> {
         self.validate()?;
-        let mut sgd = burn::optim::SgdConfig::new();
-        if let Some(m) = &self.momentum {
-            sgd = sgd.with_momentum(Some(m.clone()));
-        }
-        if let Some(w) = &self.weight_decay {
-            sgd = sgd.with_weight_decay(Some(w.clone()));
-        }
-        Ok(NaturalGradient::new(self.clone(), sgd.build()))
+        Ok(NaturalGradient::new(self.clone()))
     }
 
     /// Builds the optimizer.

@@ -56,6 +56,22 @@ pub enum NatGradError {
     /// The per-tensor optimizer received gradients that did not go through the natural-gradient
     /// step.
     NotPreconditioned,
+    /// The `ModuleOptimizer` steps some of the step's parameters with another optimizer
+    /// (`ModuleOptimizer::with_group`), which would apply its own rule to their
+    /// natural-gradient steps.
+    ForeignGroups {
+        /// Parameters another optimizer steps.
+        foreign: usize,
+        /// Parameters of the step.
+        of: usize,
+    },
+    /// The `ModuleLearningRate` gives the step's parameters different rates
+    /// (`ModuleLrScheduler::with_group`): the trust region and the damping's quadratic model
+    /// are computed for one rate.
+    GroupLearningRates {
+        /// The distinct rates, with a parameter that has each.
+        rates: Vec<(f64, String)>,
+    },
 }
 
 impl fmt::Display for NatGradError {
@@ -121,6 +137,29 @@ impl fmt::Display for NatGradError {
                 write!(f, "natural gradient: inconsistent per-example factors: {msg}")
             }
             NatGradError::InvalidInput(msg) => write!(f, "natural gradient: {msg}"),
+            NatGradError::ForeignGroups { foreign, of } => write!(
+                f,
+                "natural gradient: the ModuleOptimizer steps {foreign} of the step's {of} \
+                 parameters with another optimizer (a `ModuleOptimizer::with_group`), which \
+                 would apply its own rule to their natural-gradient steps. Use \
+                 `natgrad.module_optimizer()` without groups of other optimizers; to keep a \
+                 parameter out of the natural gradient, freeze it or leave it to the \
+                 `uncovered` policy. No weight was changed."
+            ),
+            NatGradError::GroupLearningRates { rates } => {
+                let rates: Vec<String> = rates
+                    .iter()
+                    .map(|(lr, path)| format!("{lr} (`{path}`)"))
+                    .collect();
+                write!(
+                    f,
+                    "natural gradient: the learning rate gives the step's parameters different \
+                     rates ({}), but the trust region and the damping's model hold for one rate \
+                     for all: use one learning rate (no `ModuleLrScheduler::with_group`). No \
+                     weight was changed.",
+                    rates.join(", ")
+                )
+            }
             NatGradError::NotPreconditioned => write!(
                 f,
                 "natural gradient: the ModuleOptimizer received raw gradients. Call \

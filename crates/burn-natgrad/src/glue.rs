@@ -15,7 +15,7 @@ use std::sync::{Mutex, Weak};
 
 use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer, Sgd};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor};
 use burn::train::{ClassificationOutput, TrainOutput};
 
@@ -27,7 +27,6 @@ use crate::optimizer::{NaturalGradient, Shared};
 /// A `NaturalGradient` held without keeping it alive.
 struct WeakNaturalGradient {
     config: NaturalGradientConfig,
-    sgd: Sgd,
     shared: Weak<Mutex<Shared>>,
 }
 
@@ -48,7 +47,6 @@ pub(crate) fn captured_for(ng: &NaturalGradient) {
 pub(crate) fn register(ng: &NaturalGradient) {
     let weak = WeakNaturalGradient {
         config: ng.config.clone(),
-        sgd: ng.sgd.clone(),
         shared: std::sync::Arc::downgrade(&ng.shared),
     };
     CURRENT.with(|c| *c.borrow_mut() = Some(weak));
@@ -64,7 +62,6 @@ impl NaturalGradient {
             let weak = c.as_ref()?;
             Some(NaturalGradient {
                 config: weak.config.clone(),
-                sgd: weak.sgd.clone(),
                 shared: weak.shared.upgrade()?,
             })
         })

@@ -26,6 +26,7 @@
 //!
 //! The modules are described, with a picture, in `docs/architecture.md`.
 
+mod applied;
 mod capture;
 mod cholesky;
 mod classification;

@@ -6,14 +6,19 @@
 //! 1. `d = (F + λI)⁻¹ g` with Tikhonov damping `λ`, `F` coupled across all captured parameters
 //!    (or block-diagonal per layer), solved by a [`SolverKind`](crate::SolverKind)
 //!    ([`NaturalGradient::precondition`]);
-//! 2. KL trust region: since `KL(p_θ ‖ p_{θ − ηd}) ≈ ½ η² dᵀFd`, `d` is rescaled so that
-//!    `½ η² dᵀFd ≤ kl_max` (the natural-gradient step size rule of Pascanu & Bengio, "Revisiting
+//! 2. the applied step `u`: `d` with weight decay and momentum, as Burn's SGD forms them
+//!    ([`applied`](crate::applied));
+//! 3. KL trust region: since `KL(p_θ ‖ p_{θ − ηu}) ≈ ½ η² uᵀFu`, `u` is rescaled so that
+//!    `½ η² uᵀFu ≤ kl_max` (the natural-gradient step size rule of Pascanu & Bengio, "Revisiting
 //!    Natural Gradient for Deep Networks", 2014, and of TRPO);
-//! 3. the per-tensor part ([`NaturalGradient`] as a Burn
-//!    [`Optimizer`](burn::optim::Optimizer)) adds weight decay, applies momentum and the
-//!    learning rate, exactly as Burn's SGD does, so that
-//!    [`ModuleOptimizer`]'s records and the Learner's checkpoints keep working
-//!    ([`NaturalGradient::apply`]).
+//! 4. the per-tensor part ([`NaturalGradient`] as a Burn
+//!    [`Optimizer`](burn::optim::Optimizer)) applies the learning rate and keeps the velocity
+//!    and the KFAC state in each parameter's state, so that [`ModuleOptimizer`]'s records and
+//!    the Learner's checkpoints keep working ([`NaturalGradient::apply`]).
+//!
+//! Every parameter a step moves gets the same learning rate: a [`ModuleLearningRate`] whose
+//! groups give the step's parameters different rates is refused, since the trust region and
+//! the damping's quadratic model are computed for one rate.
 //!
 //! A learning rate, direction or residual that is not finite skips the step: the weights and
 //! the momentum are left untouched, a warning is logged and [`StepStats::skipped`] counts it;
@@ -25,15 +30,14 @@ use std::sync::{Arc, Mutex};
 
 use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::module::{Module, ParamId};
-use burn::optim::{GradientsParams, ModuleOptimizer, Sgd};
-use burn::tensor::Device;
+use burn::optim::{GradientsParams, ModuleOptimizer};
 
 use crate::config::{CurvatureKind, NaturalGradientConfig};
 use crate::damping::LastStep;
 use crate::error::NatGradError;
 use crate::kfac::state::{zero_grads, ParamOrder};
 use crate::kfac::KfacState;
-use crate::per_tensor::{probe, READ};
+use crate::per_tensor::{probe, probe_module, READ};
 use crate::precondition::Preconditioned;
 
 /// Counters of the coupled step, shared by all clones of one [`NaturalGradient`].
@@ -50,9 +54,9 @@ pub struct StepStats {
     pub consecutive_skipped: u64,
     /// Why the last skipped step was skipped.
     pub last_skip_reason: Option<String>,
-    /// Predicted KL divergence `½ lr² dᵀFd` of the last applied step (after the trust region;
-    /// NaN after a KFAC step that reused its factors without a trust region, see
-    /// [`Preconditioned::quadratic`]).
+    /// Predicted KL divergence `½ lr² uᵀFu` of the last applied step `lr·u` (momentum, weight
+    /// decay and the trust region included); NaN where `uᵀFu` was not needed and would have
+    /// cost a product (see [`Preconditioned::quadratic`]).
     pub last_kl: f64,
     /// Trust-region factor of the last applied step (1 when it did not bind).
     pub last_scale: f64,
@@ -72,11 +76,15 @@ pub struct StepStats {
 /// * Burn's per-tensor [`Optimizer`](burn::optim::Optimizer) (momentum, weight decay, learning
 ///   rate), which [`ModuleOptimizer`] wraps, so records and checkpoints are Burn's own.
 ///
-/// Clones share their [`StepStats`].
+/// Clones share their [`StepStats`], and the state a step continues from: the momentum's
+/// velocities, KFAC's factors and the adaptive damping's `λ`, which the per-tensor part also
+/// writes into each parameter's state of the [`ModuleOptimizer`] for its record. So one
+/// `NaturalGradient` steps one `ModuleOptimizer` at a time; a run continued from a record is
+/// a `NaturalGradient` whose `ModuleOptimizer` loaded it ([`resume_from`](Self::resume_from)
+/// reads it back; [`step`](Self::step) does on its first call).
 #[derive(Clone)]
 pub struct NaturalGradient {
     pub(crate) config: NaturalGradientConfig,
-    pub(crate) sgd: Sgd,
     pub(crate) shared: Arc<Mutex<Shared>>,
 }
 
@@ -96,6 +104,12 @@ pub(crate) struct Shared {
     pub(crate) damping: Option<f64>,
     /// What the adaptive damping needs of the last applied step.
     pub(crate) last_step: Option<LastStep>,
+    /// With momentum: each parameter's velocity, flattened (also kept, for the record, in the
+    /// per-tensor states).
+    pub(crate) velocity: HashMap<ParamId, burn::tensor::Tensor<1>>,
+    /// Steps applied, those of the recorded run this one resumed included (with adaptive
+    /// damping, whose schedule it is).
+    pub(crate) applied: u64,
 }
 
 impl core::fmt::Debug for NaturalGradient {
@@ -108,10 +122,9 @@ impl core::fmt::Debug for NaturalGradient {
 }
 
 impl NaturalGradient {
-    pub(crate) fn new(config: NaturalGradientConfig, sgd: Sgd) -> Self {
+    pub(crate) fn new(config: NaturalGradientConfig) -> Self {
         let ng = Self {
             config,
-            sgd,
             shared: Arc::new(Mutex::new(Shared::default())),
         };
         crate::glue::register(&ng);
@@ -151,25 +164,66 @@ impl NaturalGradient {
         ModuleOptimizer::from(self.clone())
     }
 
-    /// Whether `optim` applies this `NaturalGradient`'s per-tensor part (it was made by
-    /// [`module_optimizer`](Self::module_optimizer) of this optimizer or a clone), found by
-    /// stepping a copy of it on a one-element module: another optimizer (Adam, SGD) would apply
-    /// its own rule to the natural-gradient directions. `device` is the model's (an autodiff
-    /// device when training).
-    pub fn owns(&self, optim: &ModuleOptimizer, device: &Device) -> bool {
-        probe(optim, device, self.address())
+    /// Whether `optim` applies this `NaturalGradient`'s per-tensor part to every float
+    /// parameter of `module` (it was made by [`module_optimizer`](Self::module_optimizer) of
+    /// this optimizer or a clone, with no `with_group` of another optimizer covering one of
+    /// them), found by stepping copies of both: another optimizer (Adam, Muon) would apply its
+    /// own rule to the natural-gradient steps. [`apply`](Self::apply) checks it (for the
+    /// parameters it moves) before any weight moves.
+    pub fn owns<M: Module>(&self, optim: &ModuleOptimizer, module: &M) -> bool {
+        let grads = zero_grads(module);
+        let mut order = ParamOrder {
+            grads: None,
+            order: Vec::new(),
+        };
+        module.visit(&mut order);
+        probe_module(optim, module, grads, self.address()) == order.order.len()
     }
 
-    /// With [`CurvatureKind::Kfac`] or adaptive damping: reads the KFAC state and the damping
-    /// back from `optim`'s per-parameter states (a `ModuleOptimizer` loaded from a record or
-    /// checkpoint), so that the moving averages and the damping continue where the recorded run
-    /// stopped. [`step`](Self::step) does it on its
-    /// first call; call it yourself before [`precondition`](Self::precondition) when you load
-    /// another record into the same optimizer, or use `precondition` and `apply` directly.
-    /// Returns how many parameters had a KFAC state.
+    /// [`owns`](Self::owns) for the parameters of `directions` (`params`), as an error naming
+    /// what to change.
+    fn check_owner<M: Module>(
+        &self,
+        optim: &ModuleOptimizer,
+        module: &M,
+        directions: &GradientsParams,
+        params: &[(ParamId, Vec<usize>)],
+    ) -> Result<(), NatGradError> {
+        let device = module
+            .devices()
+            .into_iter()
+            .next()
+            .expect("a model with factors has parameters");
+        if !probe(optim, &device, self.address()) {
+            return Err(NatGradError::ForeignOptimizer);
+        }
+        let mut grads = GradientsParams::new();
+        for (id, dims) in params {
+            crate::precondition::copy_shaped(directions, &mut grads, *id, dims.len());
+        }
+        let reached = probe_module(optim, module, grads, self.address());
+        if reached == params.len() {
+            Ok(())
+        } else {
+            Err(NatGradError::ForeignGroups {
+                foreign: params.len() - reached,
+                of: params.len(),
+            })
+        }
+    }
+
+    /// With [`CurvatureKind::Kfac`], momentum or adaptive damping: reads the KFAC state, the
+    /// velocities, the damping and the step count back from `optim`'s per-parameter states (a
+    /// `ModuleOptimizer` loaded from a record or checkpoint), so that the moving averages, the
+    /// momentum and the damping continue where the recorded run stopped. [`step`](Self::step)
+    /// does it on its first call (so the Learner's resumed runs need nothing more); call it
+    /// yourself before [`precondition`](Self::precondition) when you load another record into
+    /// the same optimizer, or use `precondition` and `apply` directly. Returns how many
+    /// parameters had a recorded KFAC state or velocity.
     ///
     /// # Panics
-    /// If a recorded state belongs to another parameter than the one it is stored under.
+    /// If a recorded state belongs to another parameter than the one it is stored under, or if
+    /// `optim` steps some of `module`'s parameters with another optimizer (a `with_group`).
     pub fn resume_from<M: Module>(&self, optim: &ModuleOptimizer, module: &M) -> usize {
         let mut order = ParamOrder {
             grads: None,
@@ -186,15 +240,37 @@ impl NaturalGradient {
         READ.with(|r| *r.borrow_mut() = Some((self.address(), Vec::new())));
         let _clear = Clear;
         let _ = optim.clone().step(0.0, module.clone(), zero_grads(module));
-        let read = READ.with(|r| r.borrow_mut().take()).map(|(_, v)| v);
+        let read = READ
+            .with(|r| r.borrow_mut().take())
+            .map_or_else(Vec::new, |(_, v)| v);
+        if read.len() != order.order.len() {
+            panic!(
+                "{}",
+                NatGradError::ForeignGroups {
+                    foreign: order.order.len() - read.len(),
+                    of: order.order.len(),
+                }
+            );
+        }
         let mut shared = self.lock();
         shared.resumed = true;
         let mut found = 0;
-        for ((id, _), (state, damping)) in order.order.into_iter().zip(read.into_iter().flatten()) {
-            if self.config.adaptive_damping.is_some() && damping.is_some() {
-                shared.damping = damping;
+        for ((id, _), recorded) in order.order.into_iter().zip(read) {
+            if self.config.adaptive_damping.is_some() {
+                if recorded.damping.is_some() {
+                    shared.damping = recorded.damping;
+                }
+                if let Some(steps) = recorded.steps {
+                    shared.applied = steps;
+                }
             }
-            if let Some(state) = state {
+            if let (Some(v), Some(_)) = (recorded.velocity, &self.config.momentum) {
+                shared.velocity.insert(id, v);
+                if recorded.kfac.is_none() {
+                    found += 1;
+                }
+            }
+            if let Some(state) = recorded.kfac {
                 assert_eq!(
                     state.param,
                     id.val(),
@@ -211,29 +287,34 @@ impl NaturalGradient {
 
     fn resume_once<M: Module>(&self, optim: &ModuleOptimizer, module: &M) {
         let kfac = matches!(self.config.curvature, CurvatureKind::Kfac { .. });
-        let stateful = kfac || self.config.adaptive_damping.is_some();
+        let stateful =
+            kfac || self.config.adaptive_damping.is_some() || self.config.momentum.is_some();
         if stateful && !self.lock().resumed {
             self.resume_from(optim, module);
         }
     }
 
-    /// Applies a [`precondition`](Self::precondition)ed step with `optim` (weight decay,
-    /// momentum, learning rate) and counts it in [`stats`](Self::stats); a step to skip returns
-    /// the module unchanged and is counted as skipped.
+    /// Applies a [`precondition`](Self::precondition)ed step with `optim`, at the learning
+    /// rate it was preconditioned for (the trust region and the damping's model were computed
+    /// for it), and counts it in [`stats`](Self::stats); a step to skip returns the module
+    /// unchanged and is counted as skipped.
     ///
     /// # Panics
-    /// If `optim` is not this optimizer's [`ModuleOptimizer`] (see [`owns`](Self::owns)), before
-    /// any weight moves; or when [`max_consecutive_skips`] steps in a row were skipped, with the
-    /// reason of the last.
+    /// Before any weight moves, if `optim` does not step every parameter of the step with this
+    /// optimizer's per-tensor part (another optimizer, or a `with_group` of another optimizer,
+    /// see [`owns`](Self::owns)), or if `optim` holds a recorded state that the step did not
+    /// use (see [`resume_from`](Self::resume_from)); or when [`max_consecutive_skips`] steps in
+    /// a row were skipped, with the reason of the last. Call [`owns`](Self::owns) first to
+    /// handle the first case without losing the module.
     ///
     /// [`max_consecutive_skips`]: crate::NaturalGradientConfig::max_consecutive_skips
     pub fn apply<M: Module>(
         &self,
         optim: &mut ModuleOptimizer,
-        lr: impl Into<ModuleLearningRate>,
         module: M,
         pre: Preconditioned,
     ) -> M {
+        let lr = pre.lr;
         let Some(directions) = pre.directions else {
             let reason = pre.skip_reason.unwrap_or_else(|| "no directions".into());
             let mut shared = self.lock();
@@ -256,24 +337,23 @@ impl NaturalGradient {
             }
             return module;
         };
-        // The model's own device: the probe is a parameter like the model's.
-        let device = module
-            .devices()
-            .into_iter()
-            .next()
-            .expect("a model with factors has parameters");
+        // Checked here, not trusted: `Preconditioned`'s public fields may have been edited.
         assert!(
-            self.owns(optim, &device),
-            "{}",
-            NatGradError::ForeignOptimizer
+            lr.is_finite() && lr > 0.0,
+            "natural gradient: `apply` was handed a step for the learning rate {lr}, not a finite \
+             number > 0; no weight was changed"
         );
-        if !pre.kfac.is_empty() {
-            let resumed = self.lock().resumed;
-            assert!(
-                resumed || self.resume_from(optim, &module) == 0,
-                "natural gradient: `optim` holds a recorded KFAC state that this direction did \
-                 not use: call `resume_from(optim, module)` before `precondition` (`step` does)"
-            );
+        if let Err(e) = self.check_owner(optim, &module, &directions, &pre.params) {
+            panic!("{e}");
+        }
+        let resumed = self.lock().resumed;
+        assert!(
+            resumed || self.resume_from(optim, &module) == 0,
+            "natural gradient: `optim` holds a recorded state (KFAC factors or momentum) that \
+             this step did not use: call `resume_from(optim, module)` before `precondition` \
+             (`step` does); no weight was changed"
+        );
+        {
             let mut order = ParamOrder {
                 grads: Some(&directions),
                 order: Vec::new(),
@@ -284,30 +364,31 @@ impl NaturalGradient {
             for state in pre.kfac {
                 shared.kfac.insert(ParamId::from(state.param), state);
             }
-        }
-        {
-            let mut shared = self.lock();
+            for (id, v) in pre.velocities {
+                shared.velocity.insert(id, v);
+            }
+            shared.applied += 1;
+            let applied = shared.applied;
             let stats = &mut shared.stats;
             stats.steps += 1;
             stats.reused += u64::from(pre.reused);
             stats.consecutive_skipped = 0;
             stats.last_scale = pre.scale;
-            stats.last_kl = 0.5 * pre.lr * pre.lr * pre.quadratic * pre.scale * pre.scale;
+            stats.last_kl = 0.5 * lr * lr * pre.quadratic * pre.scale * pre.scale;
             stats.last_cg_iters = pre.cg_iters;
             stats.last_residual = pre.residual;
-            let steps = stats.steps;
             shared.pending = pre.count;
             if let (Some(a), Some((gradient_dot, norm_sq))) =
                 (&self.config.adaptive_damping, pre.predicted)
             {
                 shared.last_step = Some(LastStep {
-                    lr: pre.lr,
+                    lr,
                     scale: pre.scale,
                     gradient_dot,
                     norm_sq,
                     quadratic: pre.quadratic,
                     damping: pre.damping,
-                    due: steps.is_multiple_of(a.period as u64),
+                    due: applied.is_multiple_of(a.period as u64),
                 });
             }
         }
@@ -326,15 +407,17 @@ impl NaturalGradient {
     }
 
     /// One natural-gradient step: [`precondition`](Self::precondition), then
-    /// [`apply`](Self::apply) (weight decay, momentum, learning rate by `optim`, which must be
-    /// this optimizer's [`module_optimizer`](Self::module_optimizer)). A skipped step returns
-    /// the module unchanged. Call it from `TrainStep::optimize`, or from a custom loop.
+    /// [`apply`](Self::apply) with `optim`, which must be this optimizer's
+    /// [`module_optimizer`](Self::module_optimizer). A skipped step returns the module
+    /// unchanged. Call it from `TrainStep::optimize`, or from a custom loop.
     ///
     /// # Panics
-    /// With a message saying what to change, if `grads` carry no factors (e.g. gradient
-    /// accumulation or multi-device training was enabled) or miss some parameters, if `optim`
-    /// is another optimizer's, or after too many skipped steps in a row; use
-    /// [`precondition`](Self::precondition) to handle the first two as errors.
+    /// With a message saying what to change and before any weight moves: if `grads` carry no
+    /// factors (e.g. gradient accumulation or multi-device training was enabled) or miss some
+    /// parameters, if `lr` gives the step's parameters different rates, if `optim` is another
+    /// optimizer's or has groups of another optimizer; and after too many skipped steps in a
+    /// row. Use [`precondition`](Self::precondition) and [`owns`](Self::owns) to handle the
+    /// first three as errors.
     pub fn step<M: Module>(
         &self,
         optim: &mut ModuleOptimizer,
@@ -345,8 +428,8 @@ impl NaturalGradient {
         let lr = lr.into();
         self.resume_once(optim, &module);
         let pre = self
-            .precondition(&module, lr.base(), &grads)
+            .precondition(&module, lr, &grads)
             .unwrap_or_else(|e| panic!("{e}"));
-        self.apply(optim, lr, module, pre)
+        self.apply(optim, module, pre)
     }
 }

@@ -1,27 +1,28 @@
 //! The per-tensor part of [`NaturalGradient`], the Burn [`Optimizer`] that Burn's
-//! `ModuleOptimizer` wraps: it applies weight decay, momentum and the learning rate to the
-//! preconditioned directions as Burn's SGD does, refuses raw gradients, and keeps each
-//! parameter's state for the record ([`NaturalGradientState`]); and the thread-local modes in
-//! which it only looks: the ownership probe (which also finds the `NaturalGradient` a
-//! `ModuleOptimizer` belongs to) and the reading of recorded KFAC states.
+//! `ModuleOptimizer` wraps: it applies the learning rate to the steps that
+//! [`NaturalGradient::precondition`] formed (weight decay and momentum are already in them, see
+//! [`applied`](crate::applied)), refuses raw gradients, and keeps each parameter's state for the
+//! record ([`NaturalGradientState`]); and the thread-local modes in which it only looks: the
+//! ownership probe (which counts the parameters it would step, and also finds the
+//! `NaturalGradient` a `ModuleOptimizer` belongs to) and the reading of recorded states.
 
-use burn::module::{Module, Param};
-use burn::optim::{GradientsParams, LearningRate, ModuleOptimizer, Optimizer, SgdState};
+use burn::module::{Module, Param, ParamId};
+use burn::optim::{GradientsParams, LearningRate, ModuleOptimizer, Optimizer};
 use burn::tensor::{Device, Tensor};
 
 use crate::error::NatGradError;
-use crate::kfac::{KfacState, NaturalGradientState};
+use crate::kfac::{KfacState, NaturalGradientState, Velocity};
 use crate::optimizer::NaturalGradient;
 
 thread_local! {
-    /// While [`NaturalGradient::owns`] runs on this thread: the address of the probing
-    /// optimizer's shared state, and whether its per-tensor part was reached. Every
-    /// `NaturalGradient`'s per-tensor part then only notes the call and changes nothing.
-    pub(crate) static PROBE: std::cell::Cell<Option<(usize, bool)>> =
+    /// While a probe runs on this thread: the address of the probing optimizer's shared state,
+    /// and how many parameters its per-tensor part was handed. Every `NaturalGradient`'s
+    /// per-tensor part then only counts the call and changes nothing.
+    pub(crate) static PROBE: std::cell::Cell<Option<(usize, usize)>> =
         const { std::cell::Cell::new(None) };
     /// While [`NaturalGradient::resume_from`] runs on this thread: the address of the reading
-    /// optimizer's shared state, and the states (KFAC, damping) its per-tensor part was handed,
-    /// in order.
+    /// optimizer's shared state, and the states (KFAC, damping, velocity, step count) its
+    /// per-tensor part was handed, in order.
     pub(crate) static READ: std::cell::RefCell<Option<(usize, Vec<Recorded>)>> =
         const { std::cell::RefCell::new(None) };
     /// The `NaturalGradient` whose per-tensor part a probe with address [`FIND`] reached.
@@ -47,6 +48,20 @@ pub(crate) fn probe(optim: &ModuleOptimizer, device: &Device, address: usize) ->
     };
     let mut grads = GradientsParams::new();
     grads.register(probe.value.id, Tensor::<1>::zeros([1], device));
+    probe_module(optim, &probe, grads, address) > 0
+}
+
+/// Steps a copy of `optim` on a copy of `module` with `grads` and the probe set to `address`:
+/// how many of the parameters in `grads` the per-tensor part of the `NaturalGradient` at
+/// `address` (any, for [`FIND`]) was handed. A parameter that a group of another optimizer
+/// (`ModuleOptimizer::with_group`) owns is stepped by that optimizer, on the copy only: the
+/// module and `optim` are unchanged.
+pub(crate) fn probe_module<M: Module>(
+    optim: &ModuleOptimizer,
+    module: &M,
+    grads: GradientsParams,
+    address: usize,
+) -> usize {
     /// Clears the probe even if the optimizer under test panics, so that this thread's
     /// per-tensor steps do not stay no-ops.
     struct Clear;
@@ -55,10 +70,10 @@ pub(crate) fn probe(optim: &ModuleOptimizer, device: &Device, address: usize) ->
             PROBE.with(|p| p.set(None));
         }
     }
-    PROBE.with(|p| p.set(Some((address, false))));
+    PROBE.with(|p| p.set(Some((address, 0))));
     let _clear = Clear;
-    let _ = optim.clone().step(0.0, probe, grads);
-    PROBE.with(|p| p.get()).is_some_and(|(_, reached)| reached)
+    let _ = optim.clone().step(0.0, module.clone(), grads);
+    PROBE.with(|p| p.get()).map_or(0, |(_, reached)| reached)
 }
 
 /// The `NaturalGradient` whose per-tensor part `optim` applies, if any (see
@@ -68,15 +83,20 @@ pub(crate) fn find(optim: &ModuleOptimizer, device: &Device) -> Option<NaturalGr
     FOUND.with(|f| f.borrow_mut().take()).filter(|_| reached)
 }
 
-/// What a parameter's recorded state holds for the shared state: its KFAC state and the damping.
-pub(crate) type Recorded = (Option<KfacState>, Option<f64>);
+/// What a parameter's recorded state holds for the shared state.
+pub(crate) struct Recorded {
+    pub kfac: Option<KfacState>,
+    pub damping: Option<f64>,
+    pub steps: Option<u64>,
+    /// The velocity, flattened.
+    pub velocity: Option<Tensor<1>>,
+}
 
 impl Optimizer for NaturalGradient {
     type State<const D: usize> = NaturalGradientState<D>;
 
-    /// The per-tensor part: `grad` is the natural-gradient direction computed by
-    /// [`NaturalGradient::precondition`]; weight decay, momentum and `lr` are applied as Burn's
-    /// SGD applies them.
+    /// The per-tensor part: `grad` is the step formed by [`NaturalGradient::precondition`]
+    /// (weight decay, momentum and the trust region already in it), applied as `θ − lr·grad`.
     ///
     /// # Panics
     /// When handed more tensors than the last [`apply`](NaturalGradient::apply) holds, i.e. raw
@@ -90,9 +110,9 @@ impl Optimizer for NaturalGradient {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
-        if let Some((address, _)) = PROBE.with(|p| p.get()) {
+        if let Some((address, reached)) = PROBE.with(|p| p.get()) {
             if address == self.address() || address == FIND {
-                PROBE.with(|p| p.set(Some((address, true))));
+                PROBE.with(|p| p.set(Some((address, reached + 1))));
             }
             if address == FIND {
                 FOUND.with(|f| *f.borrow_mut() = Some(self.clone()));
@@ -101,11 +121,16 @@ impl Optimizer for NaturalGradient {
         }
         let reading = READ.with(|r| match r.borrow_mut().as_mut() {
             Some((address, read)) if *address == self.address() => {
-                read.push(
-                    state
-                        .as_ref()
-                        .map_or((None, None), |s| (s.kfac.clone(), s.damping)),
-                );
+                read.push(Recorded {
+                    kfac: state.as_ref().and_then(|s| s.kfac.clone()),
+                    damping: state.as_ref().and_then(|s| s.damping),
+                    steps: state.as_ref().and_then(|s| s.steps),
+                    velocity: state.as_ref().and_then(|s| s.momentum.as_ref()).map(|m| {
+                        let v = m.velocity.clone();
+                        let numel = v.shape().num_elements();
+                        v.reshape([numel])
+                    }),
+                });
                 true
             }
             _ => false,
@@ -113,42 +138,39 @@ impl Optimizer for NaturalGradient {
         if reading {
             return (tensor, state);
         }
-        let (kfac, damping) = {
+        let state = {
             let mut shared = self.lock();
-            let damping = self
-                .config
-                .adaptive_damping
-                .is_some()
-                .then(|| shared.damping.unwrap_or(self.config.damping));
+            let adaptive = self.config.adaptive_damping.is_some();
+            let damping = adaptive.then(|| shared.damping.unwrap_or(self.config.damping));
+            let steps = adaptive.then_some(shared.applied);
             if shared.pending == 0 {
                 drop(shared);
                 panic!("{}", NatGradError::NotPreconditioned);
             }
             shared.pending -= 1;
-            match shared.order.pop_front() {
-                Some((id, dims)) => {
-                    assert_eq!(
-                        dims,
-                        tensor.dims().to_vec(),
-                        "natural gradient: Burn's ModuleOptimizer stepped the parameters in \
-                         another order than the module's"
-                    );
-                    (shared.kfac.get(&id).cloned(), damping)
-                }
-                None => (None, damping),
+            let id: Option<ParamId> = shared.order.pop_front().map(|(id, dims)| {
+                assert_eq!(
+                    dims,
+                    tensor.dims().to_vec(),
+                    "natural gradient: Burn's ModuleOptimizer stepped the parameters in \
+                     another order than the module's"
+                );
+                id
+            });
+            let kfac = id.and_then(|id| shared.kfac.get(&id).cloned());
+            let momentum = id
+                .and_then(|id| shared.velocity.get(&id).cloned())
+                .map(|v| Velocity {
+                    velocity: v.reshape(tensor.shape()),
+                });
+            NaturalGradientState {
+                momentum,
+                kfac,
+                damping,
+                steps,
             }
         };
-        let momentum = state.and_then(|s| s.momentum);
-        let (tensor, sgd) = self
-            .sgd
-            .step(lr, tensor, grad, Some(SgdState::new(momentum)));
-        let momentum = sgd.and_then(|s| s.momentum);
-        let state = NaturalGradientState {
-            momentum,
-            kfac,
-            damping,
-        };
-        (tensor, Some(state))
+        (tensor - grad.mul_scalar(lr), Some(state))
     }
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {

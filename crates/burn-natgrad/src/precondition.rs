@@ -1,15 +1,19 @@
 //! The coupled preconditioning step, a query: `d = (F + λI)⁻¹ g` for every captured parameter,
 //! the damped gradient `g / λ` for uncovered ones (under
-//! [`UncoveredPolicy::DampedGradient`](crate::UncoveredPolicy)), the KL trust region, and the
-//! decision to skip a step whose inputs or direction are not finite. Nothing is counted or
+//! [`UncoveredPolicy::DampedGradient`](crate::UncoveredPolicy)), the step applied from it
+//! (weight decay, momentum, the KL trust region: [`applied`](crate::applied)), and the decision
+//! to skip a step whose learning rate, inputs or step are not finite. Nothing is counted or
 //! consumed here: [`NaturalGradient::apply`] does that.
 
+use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::module::{Module, ParamId};
 use burn::optim::{GradientsParams, LearningRate};
 use burn::tensor::Tensor;
 
+use crate::applied::{Entry, Fresh};
 use crate::config::CurvatureKind;
 use crate::error::NatGradError;
+use crate::factors::products::project;
 use crate::factors::{reuse_marker_id, Factors};
 use crate::kfac::{self, KfacOptions, KfacState};
 use crate::optimizer::NaturalGradient;
@@ -18,18 +22,22 @@ use crate::solver::{solve, CgOptions, Gradient};
 /// A preconditioned step, ready for [`NaturalGradient::apply`].
 #[derive(Debug)]
 pub struct Preconditioned {
-    /// The natural-gradient directions under the parameters' ids, or `None` if the step is to
-    /// be skipped ([`skip_reason`](Self::skip_reason) says why). Apply them with
-    /// [`NaturalGradient::apply`] (which is what [`NaturalGradient::step`] does).
+    /// The steps `u` to apply (`θ ← θ − lr·u`: the natural-gradient directions with weight
+    /// decay, momentum and the trust region) under the parameters' ids, or `None` if the step
+    /// is to be skipped ([`skip_reason`](Self::skip_reason) says why). Apply them with
+    /// [`NaturalGradient::apply`] (which is what [`NaturalGradient::step`] does). Without
+    /// momentum, weight decay and trust region they are the directions `(F + λI)⁻¹ g`.
     pub directions: Option<GradientsParams>,
-    /// Predicted `dᵀFd` of the direction before the trust region: with the batch's Fisher rows,
-    /// or on a KFAC step that reuses its factors with the Kronecker approximation (NaN there
-    /// without a trust region, which is all it would be computed for).
+    /// Predicted `uᵀFu` of the step before the trust region: with the batch's Fisher rows, or
+    /// on a KFAC step that reuses its factors with the Kronecker approximation. NaN where it
+    /// would cost a product that nothing needs: with momentum or weight decay, or on a KFAC
+    /// step that reuses its factors, without a trust region or adaptive damping.
     pub quadratic: f64,
     /// Trust-region factor applied (1 when it did not bind).
     pub scale: f64,
-    /// The learning rate the trust region was computed for.
-    pub lr: LearningRate,
+    /// The learning rate: the one rate the [`ModuleLearningRate`] gives every parameter of the
+    /// step. [`NaturalGradient::apply`] applies it.
+    pub(crate) lr: LearningRate,
     /// Conjugate-gradient iterations (0 for the direct solve).
     pub cg_iters: usize,
     /// Final CG relative residual (0 for the direct solve).
@@ -38,9 +46,13 @@ pub struct Preconditioned {
     pub skip_reason: Option<String>,
     /// How many tensors `directions` holds.
     pub(crate) count: usize,
+    /// Their ids and shapes.
+    pub(crate) params: Vec<(ParamId, Vec<usize>)>,
+    /// With momentum: each parameter's new velocity, flattened.
+    pub(crate) velocities: Vec<(ParamId, Tensor<1>)>,
     /// With KFAC: every block's updated state, which [`NaturalGradient::apply`] keeps.
     pub(crate) kfac: Vec<KfacState>,
-    /// With adaptive damping: `(gᵀd, ‖d‖²)` of the direction before the trust region.
+    /// With adaptive damping: `(gᵀu, ‖u‖²)` of the step before the trust region.
     pub(crate) predicted: Option<(f64, f64)>,
     /// The damping `λ` the direction was solved with.
     pub(crate) damping: f64,
@@ -59,6 +71,8 @@ impl Preconditioned {
             residual: 0.0,
             skip_reason: Some(reason),
             count: 0,
+            params: Vec::new(),
+            velocities: Vec::new(),
             kfac: Vec::new(),
             predicted: None,
             damping: f64::NAN,
@@ -67,29 +81,44 @@ impl Preconditioned {
     }
 }
 
+impl Preconditioned {
+    /// The learning rate the step was formed for, which [`NaturalGradient::apply`] applies.
+    pub fn lr(&self) -> LearningRate {
+        self.lr
+    }
+}
+
 impl NaturalGradient {
-    /// Computes the natural-gradient directions for `module` from `grads` (as returned by
+    /// Computes the step for `module` from `grads` (as returned by
     /// [`classification`](Self::classification) or
-    /// [`per_example_classification`](crate::per_example_classification)), with the learning
-    /// rate `lr` for the trust region. A query: nothing is consumed or counted (on error the
-    /// caller keeps its module; [`stats`](Self::stats) is unchanged). A learning rate that is not
-    /// a finite number > 0, or a direction or residual that is not finite, gives a step to skip
+    /// [`per_example_classification`](crate::per_example_classification)) for the learning rate
+    /// `lr` (a number, or Burn's [`ModuleLearningRate`], which must give every parameter of the
+    /// step the same rate). A query: nothing is consumed or counted (on error the caller keeps
+    /// its module; [`stats`](Self::stats) is unchanged). A learning rate that is not a finite
+    /// number > 0, or a direction, weight or residual that is not finite, gives a step to skip
     /// (`directions: None`, with the reason).
     pub fn precondition<M: Module>(
         &self,
         module: &M,
-        lr: LearningRate,
+        lr: impl Into<ModuleLearningRate>,
         grads: &GradientsParams,
     ) -> Result<Preconditioned, NatGradError> {
-        if grads.get::<1>(reuse_marker_id()).is_some() {
-            return self.precondition_reused(module, lr, grads);
+        let lr = lr.into();
+        if grads.get::<1>(reuse_marker_id()).is_some() || self.reuse_after_resume() {
+            return self.precondition_reused(module, &lr, grads);
         }
         let c = &self.config;
         let damping = self.damping();
         let factors = Factors::collect(module, grads, c.uncovered)?;
-        if let Some(skip) = invalid_lr(lr) {
-            return Ok(skip);
-        }
+        let params = factors
+            .blocks
+            .iter()
+            .map(|b| (b.id, b.path.as_str()))
+            .chain(factors.uncovered.iter().map(|u| (u.id, u.path.as_str())));
+        let lr = match one_rate(&lr, params)? {
+            Ok(lr) => lr,
+            Err(skip) => return Ok(skip),
+        };
         let solved = match c.curvature {
             CurvatureKind::Full => self.solve_full(&factors, damping),
             CurvatureKind::Kfac {
@@ -127,107 +156,54 @@ impl NaturalGradient {
         } = solved;
         // Parameters no rule covers: their Fisher block is zero, `d = g / λ` (or `scale · g`).
         let uncovered_scale = c.uncovered.scale(damping);
-        let uncovered: Vec<Tensor<2>> = factors
-            .uncovered
-            .iter()
-            .map(|u| u.grad.clone().mul_scalar(uncovered_scale))
-            .collect();
-        // One host read: dᵀFd, plus the CG residual; also a finiteness probe of the direction,
-        // since a NaN anywhere in d reaches dᵀFd = ‖U d‖² unless U is zero there, and the sum
-        // of d catches that case.
-        let probe = directions
-            .iter()
-            .chain(&uncovered)
-            .map(|d| d.clone().sum())
-            .reduce(|a, b| a + b)
-            .expect("at least one block");
-        let mut read = vec![quadratic, probe.mul_scalar(0.0)];
-        // For the adaptive damping's predicted change: gᵀd and ‖d‖² (before the trust region).
-        let adaptive = c.adaptive_damping.is_some();
-        if adaptive {
-            let gradients = gradients.unwrap_or_else(|| {
-                (0..factors.blocks.len())
-                    .map(|i| factors.gradient(i))
-                    .collect()
-            });
-            let (gd, dd) = gradients
-                .into_iter()
-                .zip(&directions)
-                .chain(
-                    factors
-                        .uncovered
-                        .iter()
-                        .map(|u| u.grad.clone())
-                        .zip(&uncovered),
-                )
-                .map(|(g, d)| ((g * d.clone()).sum(), d.clone().square().sum()))
-                .reduce(|(a, b), (x, y)| (a + x, b + y))
-                .expect("at least one block");
-            read.push(gd);
-            read.push(dd);
-        }
-        if let Some(r) = residual {
-            read.push(r);
-        }
-        let values: Vec<f64> = Tensor::cat(read, 0)
-            .into_data()
-            .convert::<f64>()
-            .try_into_vec::<f64>()
-            .expect("float data");
-        let quadratic = values[0];
-        let predicted = adaptive.then(|| (values[2], values[3]));
-        let residual = values
-            .get(if adaptive { 4 } else { 2 })
-            .copied()
-            .unwrap_or(0.0);
-        if !values.iter().all(|v| v.is_finite()) {
-            return Ok(Preconditioned {
-                cg_iters: iterations,
-                residual,
-                quadratic,
-                ..Preconditioned::skipped(
-                    lr,
-                    format!(
-                        "non-finite direction or residual (dᵀFd = {quadratic}, CG residual = \
-                         {residual}): a NaN or infinity in the input batch, the loss, the \
-                         factors or the solve"
-                    ),
-                )
-            });
-        }
-        let scale = trust_scale(c.kl_max, lr, quadratic);
-        let mut out = GradientsParams::new();
-        let count = factors.blocks.len() + factors.uncovered.len();
-        let shaped = factors
+        let covered = factors.blocks.len();
+        let entries: Vec<Entry> = factors
             .blocks
             .iter()
             .zip(directions)
-            .map(|(b, d)| (b.id, d, &b.dims))
-            .chain(
-                factors
-                    .uncovered
+            .map(|(b, d)| Entry {
+                id: b.id,
+                dims: b.dims.clone(),
+                d,
+            })
+            .chain(factors.uncovered.iter().map(|u| Entry {
+                id: u.id,
+                dims: u.dims.clone(),
+                d: u.grad.clone().mul_scalar(uncovered_scale),
+            }))
+            .collect();
+        let groups: Vec<Vec<usize>> = if c.block_diagonal && c.curvature == CurvatureKind::Full {
+            factors.by_group()
+        } else {
+            vec![(0..covered).collect()]
+        };
+        let fresh = Fresh {
+            entries,
+            covered,
+            fresh_quadratic: Some(quadratic),
+            quadratic: Box::new(|u: &[Tensor<2>]| {
+                groups
                     .iter()
-                    .zip(uncovered)
-                    .map(|(u, d)| (u.id, d, &u.dims)),
-            );
-        for (id, d, dims) in shaped {
-            let d = if scale < 1.0 { d.mul_scalar(scale) } else { d };
-            register_shaped(&mut out, id, d, dims);
-        }
-        Ok(Preconditioned {
-            directions: Some(out),
-            quadratic,
-            scale,
-            lr,
-            cg_iters: iterations,
-            residual,
-            skip_reason: None,
-            count,
-            kfac,
-            predicted,
-            damping,
-            reused: false,
-        })
+                    .map(|group| {
+                        let blocks: Vec<_> = group.iter().map(|&i| &factors.blocks[i]).collect();
+                        let v: Vec<_> = group.iter().map(|&i| u[i].clone()).collect();
+                        project(&blocks, &v).square().sum()
+                    })
+                    .reduce(|a, b| a + b)
+                    .expect("at least one group")
+            }),
+            gradient: Box::new(|i: usize| match &gradients {
+                Some(g) if i < covered => g[i].clone(),
+                _ if i < covered => factors.gradient(i),
+                _ => factors.uncovered[i - covered].grad.clone(),
+            }),
+            extra: residual,
+        };
+        let formed = match self.form_step(module, lr, fresh) {
+            Ok(formed) => formed,
+            Err(e) => return Ok(Preconditioned::not_finite(lr, e, iterations)),
+        };
+        Ok(formed.into_preconditioned(lr, iterations, kfac, damping, false))
     }
 
     /// `(F + λI)⁻¹ g` with the batch's Fisher, coupled or per layer, by the configured solver.
@@ -295,14 +271,57 @@ struct Solved {
     gradients: Option<Vec<Tensor<2>>>,
 }
 
-/// A step to skip when the learning rate is not a finite number > 0.
-pub(crate) fn invalid_lr(lr: LearningRate) -> Option<Preconditioned> {
-    (!lr.is_finite() || lr <= 0.0).then(|| {
-        Preconditioned::skipped(
+/// The one rate `lr` gives every parameter of a step (`params`: ids and module paths, as Burn's
+/// `ModuleOptimizer` matches them), or a step to skip when it is not a finite number > 0; an
+/// error when the parameters get different rates.
+pub(crate) fn one_rate<'a>(
+    lr: &ModuleLearningRate,
+    params: impl Iterator<Item = (ParamId, &'a str)>,
+) -> Result<Result<LearningRate, Preconditioned>, NatGradError> {
+    let mut rates: Vec<(f64, String)> = Vec::new();
+    for (id, path) in params {
+        let rate = lr.lr_from_param(id, Some(path));
+        if !rates.iter().any(|(r, _)| r.to_bits() == rate.to_bits()) {
+            rates.push((rate, path.to_string()));
+        }
+    }
+    if rates.len() > 1 {
+        return Err(NatGradError::GroupLearningRates { rates });
+    }
+    let lr = rates.first().map_or_else(|| lr.base(), |(r, _)| *r);
+    Ok(if !lr.is_finite() || lr <= 0.0 {
+        Err(Preconditioned::skipped(
             lr,
             format!("the learning rate is {lr}, not a finite number > 0"),
-        )
+        ))
+    } else {
+        Ok(lr)
     })
+}
+
+/// Copies the rank-`rank` tensor registered under `id` from `from` into `to`.
+pub(crate) fn copy_shaped(
+    from: &GradientsParams,
+    to: &mut GradientsParams,
+    id: ParamId,
+    rank: usize,
+) {
+    macro_rules! copy {
+        ($r:literal) => {
+            if let Some(t) = from.get::<$r>(id) {
+                to.register::<$r>(id, t)
+            }
+        };
+    }
+    match rank {
+        1 => copy!(1),
+        2 => copy!(2),
+        3 => copy!(3),
+        4 => copy!(4),
+        5 => copy!(5),
+        6 => copy!(6),
+        r => panic!("natural gradient: parameters of rank {r} are not supported (at most 6)"),
+    }
 }
 
 /// The KL trust region's factor: the largest `s ≤ 1` with `½ lr² s² dᵀFd ≤ kl_max`.

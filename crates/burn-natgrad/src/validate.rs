@@ -120,12 +120,14 @@ impl NaturalGradientConfig {
                 Some("applies only to CurvatureKind::Kfac".to_string())
             } else if self.kfac_rank.is_none() {
                 Some(
-                    "sketches the factors that get a low-rank inverse, and kfac_rank is None                      (every inverse dense): set kfac_rank"
+                    "sketches the factors that get a low-rank inverse, and kfac_rank is None \
+                     (every inverse dense): set kfac_rank"
                         .into(),
                 )
             } else if self.kl_max.is_some() && self.kfac_factor_period > 1 {
                 Some(format!(
-                    "cannot be combined with kl_max and a kfac_factor_period above 1 (here {}):                      the steps that reuse the factors measure dᵀFd with the input factor itself",
+                    "cannot be combined with kl_max and a kfac_factor_period above 1 (here {}): \
+                     the steps that reuse the factors measure dᵀFd with the input factor itself",
                     self.kfac_factor_period
                 ))
             } else {

@@ -39,6 +39,7 @@ use burn::module::ParamId;
 use burn::tensor::{IndexingUpdateOp, Tensor};
 
 use crate::factors::{products, BlockFactors, Factors};
+pub(crate) use state::Velocity;
 pub use state::{KfacState, NaturalGradientState};
 
 /// What kind of block a [`KfacState`] holds.

@@ -15,12 +15,14 @@
 //! refused). With a trust region, `dᵀFd` is the Kronecker approximation's own,
 //! `Σ ⟨d, A d G⟩` with the averaged factors, since there are no rows of the batch's Fisher.
 
+use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::module::{Module, ParamId};
-use burn::optim::{GradientsParams, LearningRate};
+use burn::optim::GradientsParams;
 use burn::tensor::{Int, Tensor};
 
 use super::factored::factored_direction;
 use super::{direction, KfacState};
+use crate::applied::{Entry, Fresh};
 use crate::capture::Capture;
 use crate::classification::{user_loss, NaturalGradientOutput, UserLoss};
 use crate::config::CurvatureKind;
@@ -29,7 +31,7 @@ use crate::factors::{gradient_weight_id, reuse_marker_id, Factors};
 use crate::fisher::{check_targets, cross_entropy_rows};
 use crate::kfac::Kind;
 use crate::optimizer::NaturalGradient;
-use crate::precondition::{invalid_lr, register_shaped, trust_scale, Preconditioned};
+use crate::precondition::{one_rate, Preconditioned};
 
 /// `vec(d)ᵀ (A ⊗ G) vec(d)` of a block's averaged (undamped) factors: the Kronecker
 /// approximation of `dᵀFd`.
@@ -62,9 +64,9 @@ impl NaturalGradient {
     /// [`capture`](Self::capture) and [`train_step`](Self::train_step) ask it.
     ///
     /// A run resumed from a record holds no factors until [`resume_from`](Self::resume_from)
-    /// (which the first [`step`](Self::step) calls) reads them back: call it before the first
-    /// step for the schedule to continue exactly; otherwise the first step updates the
-    /// factors once more.
+    /// (which the first [`step`](Self::step) calls) reads them back, so its first step
+    /// captures; [`precondition`](Self::precondition) then reuses the recorded factors where the
+    /// recorded schedule says so, and the schedule continues as in a run that never stopped.
     pub fn factors_due(&self) -> bool {
         let period = self.config.kfac_factor_period as u64;
         let CurvatureKind::Kfac { decay, .. } = self.config.curvature else {
@@ -80,6 +82,15 @@ impl NaturalGradient {
                 .kfac
                 .values()
                 .any(|s| s.updates() < warm || s.reused() + 1 >= period)
+    }
+
+    /// Whether captured gradients are to be preconditioned as a step that reuses the factors:
+    /// they were captured before [`resume_from`](Self::resume_from) read a recorded state whose
+    /// schedule says reuse (the first step of a resumed run).
+    pub(crate) fn reuse_after_resume(&self) -> bool {
+        self.config.kfac_factor_period > 1
+            && matches!(self.config.curvature, CurvatureKind::Kfac { .. })
+            && !self.factors_due()
     }
 
     /// The classification step of a step that reuses the factors: the data loss (plain
@@ -119,11 +130,12 @@ impl NaturalGradient {
 
     /// [`precondition`](Self::precondition) of a step that reuses the factors: every parameter
     /// with a KFAC state gets `A⁻¹ g G⁻¹` from its inverses in force, the others the uncovered
-    /// policy; the states come back with one more reuse counted.
+    /// policy; the states come back with one more reuse counted. Also for captured gradients
+    /// ([`reuse_after_resume`](Self::reuse_after_resume)), whose rows it does not use.
     pub(crate) fn precondition_reused<M: Module>(
         &self,
         module: &M,
-        lr: LearningRate,
+        lr: &ModuleLearningRate,
         grads: &GradientsParams,
     ) -> Result<Preconditioned, NatGradError> {
         let c = &self.config;
@@ -181,18 +193,21 @@ impl NaturalGradient {
         if !missing.is_empty() && !c.uncovered.moves() {
             return Err(NatGradError::UncapturedParameters { params: missing });
         }
-        if let Some(skip) = invalid_lr(lr) {
-            return Ok(skip);
-        }
+        let lr = match one_rate(lr, params.iter().map(|(id, path, _)| (*id, *path)))? {
+            Ok(lr) => lr,
+            Err(skip) => return Ok(skip),
+        };
         let uncovered_scale = c.uncovered.scale(damping);
-        let mut directions = Vec::with_capacity(params.len());
-        let mut kfac = Vec::new();
-        let mut quadratics = Vec::new();
+        // The parameters with a KFAC state first (the curvature's), then the others.
+        let mut covered: Vec<(Entry, KfacState, usize)> = Vec::new();
+        let mut outside: Vec<(Entry, usize)> = Vec::new();
         for (i, ((id, path, dims), state)) in params.into_iter().zip(states).enumerate() {
             let numel = dims.iter().product::<usize>();
             let Some(state) = state else {
                 let g = gradient(i).reshape([1, numel]);
-                directions.push((id, g.mul_scalar(uncovered_scale), dims.to_vec()));
+                let d = g.mul_scalar(uncovered_scale);
+                let dims = dims.to_vec();
+                outside.push((Entry { id, dims, d }, i));
                 continue;
             };
             let view = state.view();
@@ -201,76 +216,69 @@ impl NaturalGradient {
                     "`{path}` has shape {dims:?} but its KFAC factors act on a {view:?} view"
                 )));
             }
+            let needs_quadratic = c.kl_max.is_some() || c.adaptive_damping.is_some();
+            if needs_quadratic
+                && state.kind() == Some(Kind::Kronecker)
+                && state.left.as_ref().is_some_and(super::sketch::is_sketch)
+            {
+                return Err(NatGradError::InvalidInput(format!(
+                    "`{path}` has a sketched KFAC input factor (kfac_sketch, or a record of a run \
+                     with it), but kl_max on a step that reuses the factors needs the factor \
+                     itself: turn kfac_sketch off and let the factors update once, or drop kl_max"
+                )));
+            }
             let factored = match (&factors.gradient_weight, factors.blocks.get(i)) {
                 (Some(w), Some(block)) => factored_direction(&state, block, w, c.kfac_rank),
                 _ => None,
             };
             let d = factored.unwrap_or_else(|| direction(&state, gradient(i).reshape(view)));
-            if c.kl_max.is_some() {
-                if state.kind() == Some(Kind::Kronecker)
-                    && state.left.as_ref().is_some_and(super::sketch::is_sketch)
-                {
-                    return Err(NatGradError::InvalidInput(format!(
-                        "`{path}` has a sketched KFAC input factor (kfac_sketch, or a record of \
-                         a run with it), but kl_max on a step that reuses the factors needs the \
-                         factor itself: turn kfac_sketch off and let the factors update once, \
-                         or drop kl_max"
-                    )));
-                }
-                quadratics.push(quadratic(&state, &d));
+            let dims = dims.to_vec();
+            covered.push((Entry { id, dims, d }, state, i));
+        }
+        let count = covered.len();
+        let order: Vec<usize> = covered
+            .iter()
+            .map(|(.., i)| *i)
+            .chain(outside.iter().map(|(_, i)| *i))
+            .collect();
+        let mut kfac = Vec::with_capacity(count);
+        let mut entries = Vec::with_capacity(order.len());
+        for (entry, state, _) in covered {
+            entries.push(entry);
+            kfac.push(state);
+        }
+        entries.extend(outside.into_iter().map(|(e, _)| e));
+        let views: Vec<[usize; 2]> = entries.iter().map(|e| e.d.dims()).collect();
+        let fresh = Fresh {
+            entries,
+            covered: count,
+            fresh_quadratic: None,
+            quadratic: Box::new(|u: &[Tensor<2>]| {
+                kfac.iter()
+                    .zip(u)
+                    .map(|(state, u)| quadratic(state, u))
+                    .reduce(|a, b| a + b)
+                    .expect("at least one block")
+            }),
+            gradient: Box::new(|i: usize| gradient(order[i]).reshape(views[i])),
+            extra: None,
+        };
+        let formed = match self.form_step(module, lr, fresh) {
+            Ok(formed) => formed,
+            Err(e) => {
+                let (reason, q, residual) = e;
+                let reason = format!("{reason} (on a step that reuses KFAC's factors)");
+                return Ok(Preconditioned::not_finite(lr, (reason, q, residual), 0));
             }
-            directions.push((id, d, dims.to_vec()));
-            kfac.push(KfacState {
+        };
+        let kfac = kfac
+            .into_iter()
+            .map(|state| KfacState {
                 reused: Some(state.reused() + 1),
                 ..state
-            });
-        }
-        // One host read: a finiteness probe of the directions (each one's sum: finite exactly
-        // when its entries are, barring an overflow of the sum), and dᵀFd for the trust region.
-        let mut read: Vec<Tensor<1>> = directions.iter().map(|(_, d, _)| d.clone().sum()).collect();
-        read.extend(quadratics.into_iter().reduce(|a, b| a + b));
-        let values: Vec<f64> = Tensor::cat(read, 0)
-            .into_data()
-            .convert::<f64>()
-            .try_into_vec::<f64>()
-            .expect("float data");
-        let quadratic = if c.kl_max.is_some() {
-            values[values.len() - 1]
-        } else {
-            f64::NAN
-        };
-        if !values.iter().all(|v| v.is_finite()) {
-            return Ok(Preconditioned {
-                quadratic,
-                ..Preconditioned::skipped(
-                    lr,
-                    "non-finite direction on a step that reuses KFAC's factors: a NaN or \
-                     infinity in the input batch, the loss or the plain gradient"
-                        .into(),
-                )
-            });
-        }
-        let scale = trust_scale(c.kl_max, lr, quadratic);
-        let mut out = GradientsParams::new();
-        let count = directions.len();
-        for (id, d, dims) in directions {
-            let d = if scale < 1.0 { d.mul_scalar(scale) } else { d };
-            register_shaped(&mut out, id, d, &dims);
-        }
-        Ok(Preconditioned {
-            directions: Some(out),
-            quadratic,
-            scale,
-            lr,
-            cg_iters: 0,
-            residual: 0.0,
-            skip_reason: None,
-            count,
-            kfac,
-            predicted: None,
-            damping,
-            reused: true,
-        })
+            })
+            .collect();
+        Ok(formed.into_preconditioned(lr, 0, kfac, damping, true))
     }
 }
 

@@ -8,7 +8,6 @@
 //! each call the state of the next parameter in that order, and checks its shape.
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
-use burn::optim::momentum::MomentumState;
 use burn::optim::{GradientsParams, RecordState};
 use burn::tensor::{Device, Tensor};
 
@@ -86,16 +85,26 @@ impl KfacState {
     }
 }
 
+/// The momentum's velocity of one parameter (recorded under the names of Burn's
+/// `MomentumState`, `momentum.velocity`), the trust-region-scaled velocity of the applied step
+/// (see [`applied`](crate::applied)).
+#[derive(RecordState, Clone)]
+pub struct Velocity<const D: usize> {
+    pub(crate) velocity: Tensor<D>,
+}
+
 /// The per-parameter state of [`NaturalGradient`](crate::NaturalGradient)'s per-tensor part:
-/// SGD's momentum (recorded under the same names as Burn's `SgdState`, so records of earlier
-/// versions load) and, with [`CurvatureKind::Kfac`](crate::CurvatureKind), the KFAC state, and
-/// with adaptive damping the damping in force.
+/// the momentum's velocity and, with [`CurvatureKind::Kfac`](crate::CurvatureKind), the KFAC
+/// state, and with adaptive damping the damping in force and the count of applied steps.
 #[derive(RecordState, Clone)]
 pub struct NaturalGradientState<const D: usize> {
-    pub(crate) momentum: Option<MomentumState<D>>,
+    pub(crate) momentum: Option<Velocity<D>>,
     pub(crate) kfac: Option<KfacState>,
     /// With adaptive damping: the damping in force (the same in every parameter's state).
     pub(crate) damping: Option<f64>,
+    /// With adaptive damping: the steps applied up to this one, all runs resumed from this
+    /// record included (the adaptation's schedule).
+    pub(crate) steps: Option<u64>,
 }
 
 impl<const D: usize> NaturalGradientState<D> {
@@ -106,9 +115,12 @@ impl<const D: usize> NaturalGradientState<D> {
 
     pub(crate) fn moved_to(self, device: &Device) -> Self {
         Self {
-            momentum: self.momentum.map(|m| m.to_device(device)),
+            momentum: self.momentum.map(|m| Velocity {
+                velocity: m.velocity.to_device(device),
+            }),
             kfac: self.kfac.map(|k| k.moved_to(device)),
             damping: self.damping,
+            steps: self.steps,
         }
     }
 }

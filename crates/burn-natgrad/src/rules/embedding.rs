@@ -13,6 +13,10 @@ use super::{constant, probed, require_autodiff, Recorded};
 use crate::capture::Capture;
 use crate::factors::BlockFactors;
 
+/// The most rows an Embedding table may have for its ids to be carried exactly: 2²⁴, below
+/// which every integer is an `f32`.
+pub(crate) const MAX_ROWS: usize = 1 << 24;
+
 /// One use of an Embedding layer.
 #[derive(Clone, Debug)]
 pub(crate) struct EmbeddingUse {
@@ -38,16 +42,26 @@ impl EmbeddingUse {
 impl Capture {
     /// `layer.forward(ids)` for an Embedding read at `ids` `[N, T]` (`N` examples of `T`
     /// tokens), recording the ids and making its output `[N, T, d]` a probe leaf. The
-    /// table enters the graph as a constant; a frozen table is not recorded. Ids must be below
-    /// 2²⁴ (they travel as floats).
+    /// table enters the graph as a constant; a frozen table is not recorded.
     ///
     /// # Panics
-    /// If the capture is enabled and the ids are not on an autodiff device.
+    /// If the capture is enabled and the ids are not on an autodiff device, or the table has
+    /// more than 2²⁴ rows (the ids travel as `f32` inside Burn's `GradientsParams`,
+    /// exact below 2²⁴): before any weight moves.
     pub fn embedding(&mut self, layer: &Embedding, ids: Tensor<2, Int>) -> Tensor<3> {
         if !self.enabled || !layer.weight.val().is_require_grad() {
             return layer.forward(ids);
         }
         let table = layer.weight.val();
+        let rows = table.dims()[0];
+        assert!(
+            rows <= MAX_ROWS,
+            "natural gradient: an Embedding table of {rows} rows is larger than the capture \
+             carries exactly ({MAX_ROWS} rows: its ids travel as f32 inside Burn's \
+             GradientsParams, and ids from 2^24 on would be merged); split the table, or leave \
+             it out of the natural gradient (freeze it, or capture the layer without \
+             `Capture::embedding`, under `UncoveredPolicy::DampedGradient`)"
+        );
         require_autodiff(&table, "embedding");
         let output = burn::tensor::module::embedding(constant(table), ids.clone());
         let dims = output.dims();

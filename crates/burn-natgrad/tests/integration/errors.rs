@@ -367,7 +367,7 @@ fn trust_region_bounds_the_predicted_kl() {
         assert!((kl - 1e-3).abs() < 1e-5, "{name}: predicted KL {kl}");
         // Applied, the step records the same KL.
         let mut optim = ng.module_optimizer();
-        let _ = ng.apply(&mut optim, lr, model, pre);
+        let _ = ng.apply(&mut optim, model, pre);
         assert!((ng.stats().last_kl - 1e-3).abs() < 1e-6);
     }
 }

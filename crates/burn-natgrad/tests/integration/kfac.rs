@@ -385,7 +385,7 @@ fn round_trip(name: &str, width: usize, rank: Option<usize>, sketch: bool, devic
         let mut loaded = late.module_optimizer().load_record(restored.to_record());
         let pre = late.precondition(&model, 1.0, &grads).unwrap();
         let msg = panic_message(|| {
-            late.apply(&mut loaded, 1.0, model.clone(), pre);
+            late.apply(&mut loaded, model.clone(), pre);
         });
         assert!(msg.contains("resume_from"), "{name}: {msg}");
     }

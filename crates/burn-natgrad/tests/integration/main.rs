@@ -3,6 +3,7 @@
 
 mod common;
 
+mod applied_step;
 mod backends;
 mod batch_norm;
 mod conv2d;

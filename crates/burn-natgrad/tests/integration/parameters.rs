@@ -101,7 +101,7 @@ fn precondition_is_a_query() {
         assert!(pre.directions.is_some());
         assert_eq!(ng.stats().steps, 0, "{name}: precondition counted a step");
         assert_raw_gradients_refused(&model, x, &mut optim, name);
-        let _ = ng.apply(&mut optim, 0.1, model, pre);
+        let _ = ng.apply(&mut optim, model, pre);
         assert_eq!(ng.stats().steps, 1, "{name}");
     }
 }
@@ -113,11 +113,11 @@ fn a_foreign_module_optimizer_is_refused() {
         let model = Mlp::new(&[4, 3], true, 1, &device);
         let ng = NaturalGradientConfig::new().build();
         let other = NaturalGradientConfig::new().build();
-        assert!(ng.owns(&ng.module_optimizer(), &device));
-        assert!(ng.owns(&ng.clone().module_optimizer(), &device));
-        assert!(!ng.owns(&other.module_optimizer(), &device));
+        assert!(ng.owns(&ng.module_optimizer(), &model));
+        assert!(ng.owns(&ng.clone().module_optimizer(), &model));
+        assert!(!ng.owns(&other.module_optimizer(), &model));
         let mut adam = AdamConfig::new().init();
-        assert!(!ng.owns(&adam, &device));
+        assert!(!ng.owns(&adam, &model));
         let (mut cap, x) = ng.capture(tensor(1, [6, 4], 1.0, &device));
         let logits = model.logits2(x, &mut cap);
         let out = ng.classification(&model, cap, logits, labels(2, 6, 3, &device));
@@ -281,7 +281,7 @@ fn a_panic_inside_the_ownership_probe_leaves_nothing_behind() {
         let (ng, mut optim) = NaturalGradientConfig::new().init();
         let panicking = burn::optim::ModuleOptimizer::from(Panicking);
         let msg = panic_message(|| {
-            let _ = ng.owns(&panicking, &device);
+            let _ = ng.owns(&panicking, &model);
         });
         assert!(msg.contains("this optimizer fails"), "{name}: {msg}");
         let x = tensor(1, [6, 4], 1.0, &device);

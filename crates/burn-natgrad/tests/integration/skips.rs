@@ -23,7 +23,7 @@ fn a_bad_learning_rate_skips_the_step() {
             assert!(pre.directions.is_none(), "{name}: lr {lr} accepted");
             let reason = pre.skip_reason.clone().unwrap();
             assert!(reason.contains("learning rate"), "{reason}");
-            let after = ng.apply(&mut optim, lr, model.clone(), pre);
+            let after = ng.apply(&mut optim, model.clone(), pre);
             assert_eq!(
                 weights(&after),
                 weights(&model),
