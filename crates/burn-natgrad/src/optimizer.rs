@@ -37,7 +37,7 @@ use crate::damping::LastStep;
 use crate::error::NatGradError;
 use crate::kfac::state::{zero_grads, ParamOrder};
 use crate::kfac::KfacState;
-use crate::per_tensor::{probe, probe_module, READ};
+use crate::per_tensor::READ;
 use crate::precondition::Preconditioned;
 
 /// Counters of the coupled step, shared by all clones of one [`NaturalGradient`].
@@ -162,54 +162,6 @@ impl NaturalGradient {
     /// [`NatGradError::NotPreconditioned`].
     pub fn module_optimizer(&self) -> ModuleOptimizer {
         ModuleOptimizer::from(self.clone())
-    }
-
-    /// Whether `optim` applies this `NaturalGradient`'s per-tensor part to every float
-    /// parameter of `module` (it was made by [`module_optimizer`](Self::module_optimizer) of
-    /// this optimizer or a clone, with no `with_group` of another optimizer covering one of
-    /// them), found by stepping copies of both: another optimizer (Adam, Muon) would apply its
-    /// own rule to the natural-gradient steps. [`apply`](Self::apply) checks it (for the
-    /// parameters it moves) before any weight moves.
-    pub fn owns<M: Module>(&self, optim: &ModuleOptimizer, module: &M) -> bool {
-        let grads = zero_grads(module);
-        let mut order = ParamOrder {
-            grads: None,
-            order: Vec::new(),
-        };
-        module.visit(&mut order);
-        probe_module(optim, module, grads, self.address()) == order.order.len()
-    }
-
-    /// [`owns`](Self::owns) for the parameters of `directions` (`params`), as an error naming
-    /// what to change.
-    fn check_owner<M: Module>(
-        &self,
-        optim: &ModuleOptimizer,
-        module: &M,
-        directions: &GradientsParams,
-        params: &[(ParamId, Vec<usize>)],
-    ) -> Result<(), NatGradError> {
-        let device = module
-            .devices()
-            .into_iter()
-            .next()
-            .expect("a model with factors has parameters");
-        if !probe(optim, &device, self.address()) {
-            return Err(NatGradError::ForeignOptimizer);
-        }
-        let mut grads = GradientsParams::new();
-        for (id, dims) in params {
-            crate::precondition::copy_shaped(directions, &mut grads, *id, dims.len());
-        }
-        let reached = probe_module(optim, module, grads, self.address());
-        if reached == params.len() {
-            Ok(())
-        } else {
-            Err(NatGradError::ForeignGroups {
-                foreign: params.len() - reached,
-                of: params.len(),
-            })
-        }
     }
 
     /// With [`CurvatureKind::Kfac`], momentum or adaptive damping: reads the KFAC state, the

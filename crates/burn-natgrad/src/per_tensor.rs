@@ -11,8 +11,10 @@ use burn::optim::{GradientsParams, LearningRate, ModuleOptimizer, Optimizer};
 use burn::tensor::{Device, Tensor};
 
 use crate::error::NatGradError;
+use crate::kfac::state::{zero_grads, ParamOrder};
 use crate::kfac::{KfacState, NaturalGradientState, Velocity};
 use crate::optimizer::NaturalGradient;
+use crate::precondition::copy_shaped;
 
 thread_local! {
     /// While a probe runs on this thread: the address of the probing optimizer's shared state,
@@ -90,6 +92,56 @@ pub(crate) struct Recorded {
     pub steps: Option<u64>,
     /// The velocity, flattened.
     pub velocity: Option<Tensor<1>>,
+}
+
+impl NaturalGradient {
+    /// Whether `optim` applies this `NaturalGradient`'s per-tensor part to every float
+    /// parameter of `module` (it was made by [`module_optimizer`](Self::module_optimizer) of
+    /// this optimizer or a clone, with no `with_group` of another optimizer covering one of
+    /// them), found by stepping copies of both: another optimizer (Adam, Muon) would apply its
+    /// own rule to the natural-gradient steps. [`apply`](Self::apply) checks it (for the
+    /// parameters it moves) before any weight moves.
+    pub fn owns<M: Module>(&self, optim: &ModuleOptimizer, module: &M) -> bool {
+        let grads = zero_grads(module);
+        let mut order = ParamOrder {
+            grads: None,
+            order: Vec::new(),
+        };
+        module.visit(&mut order);
+        probe_module(optim, module, grads, self.address()) == order.order.len()
+    }
+
+    /// [`owns`](Self::owns) for the parameters of `directions` (`params`), as an error naming
+    /// what to change.
+    pub(crate) fn check_owner<M: Module>(
+        &self,
+        optim: &ModuleOptimizer,
+        module: &M,
+        directions: &GradientsParams,
+        params: &[(ParamId, Vec<usize>)],
+    ) -> Result<(), NatGradError> {
+        let device = module
+            .devices()
+            .into_iter()
+            .next()
+            .expect("a model with factors has parameters");
+        if !probe(optim, &device, self.address()) {
+            return Err(NatGradError::ForeignOptimizer);
+        }
+        let mut grads = GradientsParams::new();
+        for (id, dims) in params {
+            copy_shaped(directions, &mut grads, *id, dims.len());
+        }
+        let reached = probe_module(optim, module, grads, self.address());
+        if reached == params.len() {
+            Ok(())
+        } else {
+            Err(NatGradError::ForeignGroups {
+                foreign: params.len() - reached,
+                of: params.len(),
+            })
+        }
+    }
 }
 
 impl Optimizer for NaturalGradient {

@@ -3,7 +3,7 @@
 //! same learning-rate budget, on every backend; and resuming from the Learner's checkpoint
 //! equals training straight.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::common::*;
 use burn::data::dataloader::batcher::Batcher;
@@ -28,6 +28,9 @@ struct Net {
     /// The natural-gradient solver, or `None` for plain SGD.
     #[module(skip)]
     natgrad: Option<NaturalGradient>,
+    /// With adaptive damping: the last step's batch and loss, for the loss after the step.
+    #[module(skip)]
+    last: Arc<Mutex<Option<(Batch, f64)>>>,
 }
 
 impl Net {
@@ -75,9 +78,14 @@ impl TrainStep for Net {
     fn step(&self, batch: Batch) -> TrainOutput<ClassificationOutput> {
         match &self.natgrad {
             Some(ng) => {
+                let kept = batch.clone();
                 let (mut capture, x) = ng.capture(batch.x);
                 let logits = self.forward_with(x, &mut capture);
                 let out = ng.classification(self, capture, logits, batch.y.clone());
+                if ng.config().adaptive_damping.is_some() {
+                    let loss = out.loss.clone().into_scalar::<f64>();
+                    *self.last.lock().unwrap() = Some((kept, loss));
+                }
                 TrainOutput {
                     grads: out.grads,
                     item: ClassificationOutput::new(out.loss, out.logits, batch.y),
@@ -104,7 +112,20 @@ impl TrainStep for Net {
         grads: GradientsParams,
     ) -> Self {
         match self.natgrad.clone() {
-            Some(ng) => ng.step(optim, lr, self, grads),
+            Some(ng) => {
+                let model = ng.step(optim, lr, self, grads);
+                // Adaptive damping: the updated model's loss on the same batch.
+                let last = model.last.lock().unwrap().take();
+                if let (true, Some((batch, before))) = (ng.adaptation_due(), last) {
+                    let logits = model.forward(batch.x);
+                    let after = CrossEntropyLossConfig::new()
+                        .init(&logits.device())
+                        .forward(logits, batch.y)
+                        .into_scalar::<f64>();
+                    ng.adapt_damping(before, after);
+                }
+                model
+            }
             None => optim.step(lr, self, grads),
         }
     }
@@ -172,6 +193,7 @@ fn train_net(
         fc1: Mlp::new(&[16, 32], true, 40, device).layers.remove(0),
         fc2: Mlp::new(&[32, 4], true, 41, device).layers.remove(0),
         natgrad: natgrad.clone(),
+        last: Arc::default(),
     };
     let optim = match &natgrad {
         Some(ng) => ng.module_optimizer(),
@@ -200,7 +222,8 @@ fn train_net(
 /// sampled Fisher (whose labels are drawn from the predictions, not the global generator), the
 /// full Fisher and KFAC: factors every step, and every 5 steps (the resumed run's first step
 /// reuses the recorded factors, as the straight run's seventeenth does) with dense, low-rank and
-/// sketched inverses. (Without shuffling: Burn's data loader advances its shuffling generator
+/// sketched inverses; and the adaptive damping every 5 steps (the resumed run adapts after the
+/// straight run's twentieth step, not after its own fifth). (Without shuffling: Burn's data loader advances its shuffling generator
 /// once per epoch in the process, so a resumed run would see epoch 1's order again.)
 #[test]
 fn resuming_from_a_checkpoint_equals_training_straight() {
@@ -210,7 +233,7 @@ fn resuming_from_a_checkpoint_equals_training_straight() {
         decay: 0.8,
         inverse_period: 3,
     };
-    // (fisher, curvature, factor period, rank, sketch)
+    // (fisher, curvature, factor period, rank, sketch, adaptive damping every 5 steps)
     let empirical = FisherKind::Empirical;
     let sampled = FisherKind::Sampled { samples: 1 };
     let kinds = [
@@ -222,13 +245,17 @@ fn resuming_from_a_checkpoint_equals_training_straight() {
         (sampled, kfac, 5, None, false),
         (empirical, kfac, 5, Some(2), false),
         (empirical, kfac, 5, Some(2), true),
+        (empirical, CurvatureKind::Full, 1, None, false),
+        (empirical, kfac, 1, None, false),
     ];
     for (k, ((name, device), (fisher, curvature, period, rank, sketch))) in backends()
         .into_iter()
         .flat_map(|b| kinds.map(|k| (b.clone(), k)))
         .enumerate()
     {
-        let what = format!("{name} {fisher:?} {curvature:?} period {period} {rank:?} {sketch}");
+        let adaptive = k % kinds.len() >= 8;
+        let what =
+            format!("{name} {fisher:?} {curvature:?} period {period} {rank:?} {sketch} {adaptive}");
         let dir =
             std::env::temp_dir().join(format!("natgrad-resume-{name}-{k}-{}", std::process::id()));
         let ng = || {
@@ -238,6 +265,9 @@ fn resuming_from_a_checkpoint_equals_training_straight() {
                 .with_kfac_factor_period(period)
                 .with_kfac_rank(rank)
                 .with_kfac_sketch(sketch)
+                .with_adaptive_damping(
+                    adaptive.then(|| burn_natgrad::AdaptiveDampingConfig::new().with_period(5)),
+                )
                 .with_damping(0.1)
                 .with_momentum(Some(
                     burn::optim::momentum::MomentumConfig::new().with_dampening(0.0),
@@ -262,6 +292,15 @@ fn resuming_from_a_checkpoint_equals_training_straight() {
             reused[1] + reused[2],
             "{what}: reused {reused:?}"
         );
+        // The adaptive damping moved, and to the same λ.
+        if adaptive {
+            let damping: Vec<f64> = runs.iter().map(|ng| ng.damping()).collect();
+            assert_ne!(damping[1], 0.1, "{what}: the damping never moved");
+            assert!(
+                (damping[0] - damping[2]).abs() <= 1e-12,
+                "{what}: {damping:?}"
+            );
+        }
         for (a, b) in [(&straight.fc1, &resumed.fc1), (&straight.fc2, &resumed.fc2)] {
             let err = rel_err(&host(b.weight.val()), &host(a.weight.val()));
             assert!(err <= 1e-5, "{what}: resumed weights differ by {err:e}");
