@@ -120,20 +120,14 @@ impl NaturalGradient {
         directions: &GradientsParams,
         params: &[(ParamId, Vec<usize>)],
     ) -> Result<(), NatGradError> {
-        let device = module
-            .devices()
-            .into_iter()
-            .next()
-            .expect("a model with factors has parameters");
-        if !probe(optim, &device, self.address()) {
-            return Err(NatGradError::ForeignOptimizer);
-        }
         let mut grads = GradientsParams::new();
         for (id, dims) in params {
             copy_shaped(directions, &mut grads, *id, dims.len());
         }
         let reached = probe_module(optim, module, grads, self.address());
-        if reached == params.len() {
+        if reached == 0 {
+            Err(NatGradError::ForeignOptimizer)
+        } else if reached == params.len() {
             Ok(())
         } else {
             Err(NatGradError::ForeignGroups {
