@@ -6,12 +6,12 @@
 //! are to SGD measured in the same run.
 //! Writes `target/bench/results.csv`. The `-cb32` methods estimate the Fisher on a curvature
 //! batch of 32 examples (`NaturalGradientConfig::curvature_batch`). The `kfac-empirical-fK`
-//! methods update KFAC's factors every `K` steps (`NaturalGradientConfig::kfac_factor_period`)
+//! methods update KFAC's factors every `K` steps (`KfacConfig::factor_update_steps`)
 //! and run 50 measured steps per child (100 for `-f20` and `-f50`, whose inverses come every
 //! 100 steps) after their factor warm-up, so that
 //! their mean step (also printed, next to the median) amortises the factor updates and
 //! inverses. A `-rR` suffix gives KFAC low-rank inverses of rank `R` for its factors wider than
-//! `4R` (`NaturalGradientConfig::kfac_rank`).
+//! `4R` (`KfacInverse::LowRank`).
 //!
 //! ```text
 //! cargo run --release --features flex --example bench
@@ -29,16 +29,15 @@
 //! only to the size of the largest such block freed so far, so a method's step cost depended
 //! on whether it, or anything before it in the process, happened to free a large block: at
 //! batch 128, where the `[128, 784]` tensors sit at the threshold, SGD measured slower than
-//! KFAC's reusing step (whose dense input factor, freed at each update, raised it), and KFAC
-//! with sketched factors (which frees no such block) twice as slow as with dense ones
-//! (`docs/kfac-low-rank/sketch/default-allocator.txt`). A long training process raises it early either way.
+//! KFAC's reusing step (whose dense input factor, freed at each update, raised it). A long
+//! training process raises it early either way.
 //!
-//! With `NATGRAD_BENCH_IN_POOL=1` (inherited by the children, so `scripts/paired_rounds.py`
+//! With `NATGRAD_BENCH_IN_POOL=1` (inherited by the children, so `lab/scripts/paired_rounds.py`
 //! takes it too) each child runs its measured steps inside `rayon::scope`, on one of the CPU
 //! backends' pool threads, for every method alike. By default the steps run on the process's
 //! main thread, which is not one of the pool's: after each parallel product the pool's workers
 //! spin for a while before they sleep, beside the main thread's serial work, and on a two-core
-//! machine that is three threads on two cores (`docs/kfac.md`, "The rows' product at batch
+//! machine that is three threads on two cores (`lab/kfac.md`, "The rows' product at batch
 //! 128"). The default is what a training loop on its own thread gets; the in-pool protocol
 //! is what it gets inside `rayon::ThreadPool::install` or `rayon::scope`.
 

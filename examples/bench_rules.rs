@@ -21,7 +21,7 @@ use burn::nn::{
 };
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, Distribution, Int, Tensor};
-use burn_natgrad::{nn, Capture, CurvatureKind, NaturalGradientConfig};
+use burn_natgrad::{nn, Capture, Curvature, NaturalGradientConfig};
 use clap::Parser;
 use natgrad_mnist::GuideCnn;
 
@@ -184,7 +184,7 @@ fn main() {
                 // The CNN example's default; inverses every 10 steps: the median step does not
                 // invert.
                 "kfac" => NaturalGradientConfig::new()
-                    .with_curvature(CurvatureKind::kfac())
+                    .with_curvature(Curvature::kfac())
                     .with_damping(0.5),
                 _ => NaturalGradientConfig::new().with_damping(5.0),
             }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::optim::momentum::MomentumConfig;
-use burn_natgrad::{AdaptiveDampingConfig, NaturalGradientConfig, SolverKind};
+use burn_natgrad::{AdaptiveDampingConfig, CgConfig, NaturalGradientConfig};
 use clap::{Parser, ValueEnum};
 use natgrad_mnist::{
     evals_csv, plot, results_csv, results_table, run, seeds_csv, seeds_table, OptimizerSpec,
@@ -50,9 +50,9 @@ struct Args {
     /// curvature batch; the gradient still uses the whole batch) [default: the whole batch].
     #[arg(long)]
     curvature_batch: Option<usize>,
-    /// Solver of the natural gradient (`--curvature full`).
-    #[arg(long, value_enum, default_value_t = Solver::Gram)]
-    solver: Solver,
+    /// Solver of the natural gradient (`--curvature full`) [default: gram].
+    #[arg(long, value_enum)]
+    solver: Option<Solver>,
     #[command(flatten)]
     curvature: CurvatureArgs,
     /// Adapt the natural gradient's damping every N steps (Levenberg–Marquardt, from --damping,
@@ -145,13 +145,15 @@ fn kl_max(args: &Args) -> Option<f64> {
 fn ngd_config(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpec {
     let mut config = args
         .curvature
-        .configure(NaturalGradientConfig::new())
+        .configure(
+            NaturalGradientConfig::new(),
+            match args.solver.unwrap_or(Solver::Gram) {
+                Solver::Gram => burn_natgrad::Solver::Gram,
+                Solver::CgSample => burn_natgrad::Solver::CgSample(CgConfig::new()),
+                Solver::CgParam => burn_natgrad::Solver::CgParam(CgConfig::new()),
+            },
+        )
         .with_fisher(args.fisher.kind())
-        .with_solver(match args.solver {
-            Solver::Gram => SolverKind::Gram,
-            Solver::CgSample => SolverKind::CgSample,
-            Solver::CgParam => SolverKind::CgParam,
-        })
         .with_adaptive_damping(
             (args.adaptive_damping > 0)
                 .then(|| AdaptiveDampingConfig::new().with_period(args.adaptive_damping)),
@@ -183,7 +185,7 @@ fn ngd_spec(args: &Args) -> OptimizerSpec {
 /// The weight average evaluated for `spec` instead of the last iterate: `--average` for every
 /// optimizer (0: the last iterate); by default each configuration's decay from the grid {0.9,
 /// 0.99, 0.998}, picked by the five-seed mean after epoch 1, ties by epoch 2
-/// (`docs/averaging.md`): 0.9 for SGD and the Gram solve with the sampled or exact Fisher, 0.99
+/// (`docs/tuning.md`): 0.9 for SGD and the Gram solve with the sampled or exact Fisher, 0.99
 /// for Adam, the empirical Gram solve and KFAC. `--sweep` evaluates the last iterate unless
 /// `--average` is given (the learning-rate grids were tuned so).
 fn average_for(args: &Args, spec: &OptimizerSpec) -> Option<f64> {
@@ -223,7 +225,7 @@ fn check(args: &Args) -> Result<(), String> {
     if let Some(m) = args.curvature_batch {
         checks.at_least_one("curvature-batch", m);
     }
-    args.curvature.check(&mut checks);
+    args.curvature.check(&mut checks, args.solver.is_some());
     args.fisher.check(&mut checks);
     if let Some(lr) = args.lr {
         checks.positive("lr", lr);
@@ -246,7 +248,7 @@ fn check(args: &Args) -> Result<(), String> {
 fn main() -> ExitCode {
     let mut args = Args::parse();
     // KFAC for the sampled Fisher: the Gram solve divides the part of the gradient outside the
-    // sampled rows' span by λ alone (docs/kfac.md); the batch's coupled Fisher otherwise.
+    // sampled rows' span by λ alone (docs/tuning.md); the batch's coupled Fisher otherwise.
     args.curvature.resolve(match args.fisher.fisher {
         Fisher::Sampled => Curvature::Kfac,
         Fisher::Empirical | Fisher::Exact => Curvature::Full,

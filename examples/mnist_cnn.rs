@@ -119,7 +119,7 @@ fn lr_damping(args: &Args) -> (f64, f64) {
 fn ngd(args: &Args, lr: f64, damping: f64, momentum: f64) -> OptimizerSpec {
     let mut config = args
         .curvature
-        .configure(NaturalGradientConfig::new())
+        .configure(NaturalGradientConfig::new(), burn_natgrad::Solver::Gram)
         .with_fisher(args.fisher.kind())
         .with_damping(damping)
         .with_adaptive_damping(
@@ -162,7 +162,7 @@ fn check(args: &Args) -> Result<(), String> {
     if let Some(m) = args.curvature_batch {
         checks.at_least_one("curvature-batch", m);
     }
-    args.curvature.check(&mut checks);
+    args.curvature.check(&mut checks, false);
     args.fisher.check(&mut checks);
     if let OptimizerSpec::Ngd { config, .. } = ngd(args, lr, damping, args.momentum) {
         checks.config(&config);

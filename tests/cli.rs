@@ -81,7 +81,7 @@ fn bad_values_of_the_mlp_example_are_refused() {
         ),
         (
             vec!["--curvature", "kfac", "--solver", "cg-sample"],
-            "does not apply to KFAC",
+            "--solver does not apply to KFAC",
         ),
         (
             vec!["--curvature", "kfac", "--kfac-rank", "0"],
@@ -89,11 +89,11 @@ fn bad_values_of_the_mlp_example_are_refused() {
         ),
         (
             vec!["--curvature", "full", "--kfac-rank", "16"],
-            "applies only to CurvatureKind::Kfac",
+            "--kfac-rank applies only to --curvature kfac",
         ),
         (
-            vec!["--curvature", "kfac", "--kfac-sketch"],
-            "sketches the factors that get a low-rank inverse",
+            vec!["--curvature", "full", "--kfac-factor-period", "5"],
+            "--kfac-factor-period applies only to --curvature kfac",
         ),
         (vec!["--average", "1"], "--average must lie in [0, 1)"),
         (vec!["--samples", "0"], "--samples must be at least 1"),

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use burn::optim::momentum::MomentumConfig;
 use burn::tensor::Device;
-use burn_natgrad::{AdaptiveDampingConfig, CurvatureKind, FisherKind, NaturalGradientConfig};
+use burn_natgrad::{
+    AdaptiveDampingConfig, Curvature, FisherKind, KfacConfig, KfacInverse, NaturalGradientConfig,
+};
 use natgrad_mnist::{plot, results_csv, results_table, run, MnistData, OptimizerSpec, RunOptions};
 
 fn fixture() -> PathBuf {
@@ -215,7 +217,7 @@ fn kfac_with_adaptive_damping_trains_through_the_learner() {
     let options = options();
     let spec = OptimizerSpec::Ngd {
         config: NaturalGradientConfig::new()
-            .with_curvature(CurvatureKind::kfac())
+            .with_curvature(Curvature::kfac())
             .with_damping(0.03)
             .with_adaptive_damping(Some(AdaptiveDampingConfig::new().with_period(2))),
         lr: 0.1,
@@ -245,13 +247,17 @@ fn kfac_with_a_factor_period_trains_through_the_learner() {
     for rank in [None, Some(16)] {
         let spec = OptimizerSpec::Ngd {
             config: NaturalGradientConfig::new()
-                .with_curvature(CurvatureKind::Kfac {
-                    decay: 0.5,
-                    inverse_period: 10,
-                })
-                .with_damping(0.03)
-                .with_kfac_factor_period(3)
-                .with_kfac_rank(rank),
+                .with_curvature(Curvature::Kfac(
+                    KfacConfig::new()
+                        .with_factor_decay(0.5)
+                        .with_factor_update_steps(3)
+                        .with_inv_update_steps(30)
+                        .with_inverse(match rank {
+                            Some(rank) => KfacInverse::LowRank { rank },
+                            None => KfacInverse::Dense,
+                        }),
+                ))
+                .with_damping(0.03),
             lr: 0.1,
         };
         let out = std::env::temp_dir().join(format!(

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use burn::tensor::Device;
-use burn_natgrad::{CurvatureKind, FisherKind, NaturalGradientConfig};
+use burn_natgrad::{
+    FisherKind, FullConfig, KfacConfig, KfacInverse, NaturalGradientConfig, Solver,
+};
 use clap::ValueEnum;
 use natgrad_mnist::{MnistData, OptimizerSpec};
 
@@ -112,7 +114,7 @@ pub enum Curvature {
     /// The batch's Fisher, coupled across all layers.
     Full,
     /// Kronecker-factored (KFAC): per-layer A ⊗ G, moving averages, inverses every
-    /// --kfac-inverse-period steps.
+    /// --kfac-inverse-period factor updates.
     Kfac,
 }
 
@@ -137,10 +139,6 @@ pub struct CurvatureArgs {
     /// many eigenpairs (randomized KFAC); default: every inverse dense.
     #[arg(long)]
     pub kfac_rank: Option<usize>,
-    /// KFAC with --kfac-rank: keep the input factors that get a low-rank inverse as streaming
-    /// Nyström sketches of 2·rank + 10 columns instead of the whole factor.
-    #[arg(long)]
-    pub kfac_sketch: bool,
     /// KFAC: explicit per-example rows (a convolution, LayerNorm) of at most this many entries
     /// get their exact block; a larger one-group convolution its Kronecker factors (KFC), 0:
     /// every one-group convolution.
@@ -149,14 +147,13 @@ pub struct CurvatureArgs {
 }
 
 impl CurvatureArgs {
-    /// `config` with this curvature and KFAC's block limit.
-    pub fn configure(&self, config: NaturalGradientConfig) -> NaturalGradientConfig {
-        config
-            .with_curvature(self.kind())
-            .with_kfac_block_limit(self.kfac_block_limit)
-            .with_kfac_factor_period(self.kfac_factor_period)
-            .with_kfac_rank(self.kfac_rank)
-            .with_kfac_sketch(self.kfac_sketch)
+    /// `config` with this curvature (the full Fisher solved by `solver`).
+    pub fn configure(
+        &self,
+        config: NaturalGradientConfig,
+        solver: Solver,
+    ) -> NaturalGradientConfig {
+        config.with_curvature(self.kind(solver))
     }
 
     /// Fills in `default` unless `--curvature` was given. Runs before anything reads the
@@ -170,24 +167,52 @@ impl CurvatureArgs {
             .expect("CurvatureArgs::resolve runs before the curvature is read")
     }
 
-    /// The library's value.
-    pub fn kind(&self) -> CurvatureKind {
+    /// The library's value (the full Fisher solved by `solver`; `--kfac-inverse-period`
+    /// counts factor updates, the library's `inv_update_steps` steps).
+    pub fn kind(&self, solver: Solver) -> burn_natgrad::Curvature {
         match self.resolved() {
-            Curvature::Full => CurvatureKind::Full,
-            Curvature::Kfac => CurvatureKind::Kfac {
-                decay: self.kfac_decay,
-                inverse_period: self.kfac_inverse_period,
-            },
+            Curvature::Full => burn_natgrad::Curvature::Full(FullConfig::new().with_solver(solver)),
+            Curvature::Kfac => burn_natgrad::Curvature::Kfac(
+                KfacConfig::new()
+                    .with_factor_decay(self.kfac_decay)
+                    .with_factor_update_steps(self.kfac_factor_period)
+                    .with_inv_update_steps(self.kfac_factor_period * self.kfac_inverse_period)
+                    .with_block_limit(self.kfac_block_limit)
+                    .with_inverse(match self.kfac_rank {
+                        Some(rank) => KfacInverse::LowRank { rank },
+                        None => KfacInverse::Dense,
+                    }),
+            ),
         }
     }
 
-    /// Checks its values.
-    pub fn check(&self, checks: &mut Checks) {
+    /// Checks its values; `solver` is the full Fisher's solver asked for (Gram by default).
+    pub fn check(&self, checks: &mut Checks, solver_given: bool) {
         checks
             .at_least_one("kfac-inverse-period", self.kfac_inverse_period)
             .at_least_one("kfac-factor-period", self.kfac_factor_period)
             .at_least_one("kfac-rank", self.kfac_rank.unwrap_or(1))
             .fraction("kfac-decay", self.kfac_decay);
+        if self.kfac() {
+            if solver_given {
+                checks.refuse(
+                    "--solver does not apply to KFAC, which inverts its Kronecker factors itself: \
+                     leave it out, or use --curvature full",
+                );
+            }
+        } else {
+            for (flag, given) in [
+                ("kfac-rank", self.kfac_rank.is_some()),
+                ("kfac-factor-period", self.kfac_factor_period != 1),
+            ] {
+                if given {
+                    checks.refuse(&format!(
+                        "--{flag} applies only to --curvature kfac: the full Fisher inverts no \
+                         factors"
+                    ));
+                }
+            }
+        }
     }
 
     /// Whether KFAC was asked for.
@@ -217,7 +242,7 @@ pub struct Common {
     pub seed: u64,
     /// Evaluate an exponential moving average of the weights with this decay, in [0, 1),
     /// instead of the last iterate, for every optimizer; 0: the last iterate [default: the MLP
-    /// example's decay tuned per configuration (0.9 or 0.99, see docs/averaging.md); the CNN
+    /// example's decay tuned per configuration (0.9 or 0.99, see docs/tuning.md); the CNN
     /// example's last iterate].
     #[arg(long)]
     pub average: Option<f64>,
@@ -296,6 +321,12 @@ impl Checks {
                 "--{name} must be at most {max} ({what}), got {value}"
             ));
         }
+        self
+    }
+
+    /// A problem no single value shows: two options that do not go together.
+    pub fn refuse(&mut self, message: &str) -> &mut Self {
+        self.0.push(message.to_string());
         self
     }
 

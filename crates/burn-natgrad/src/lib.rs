@@ -16,57 +16,47 @@
 //!   on the whole batch or on a curvature batch of its first `m` examples
 //!   ([`NaturalGradientConfig::curvature_batch`]);
 //! * solves the damped system exactly in sample space (Woodbury/Gram) or by conjugate gradient
-//!   in sample or parameter space ([`SolverKind`]), or inverts a Kronecker-factored (KFAC)
-//!   approximation of it built from the same factors ([`CurvatureKind`]), with a fixed or a
+//!   in sample or parameter space ([`Solver`]), or inverts a Kronecker-factored (KFAC)
+//!   approximation of it built from the same factors ([`KfacConfig`]), with a fixed or a
 //!   Levenberg–Marquardt-adapted damping ([`AdaptiveDampingConfig`]);
 //! * applies a KL trust region, momentum and weight decay, and plugs into Burn's
 //!   `ModuleOptimizer`, `Learner` and checkpoints ([`NaturalGradient`]): a model of drop-in
 //!   layers ([`nn`]) needs one line in `TrainStep::step` ([`classification_step`]) and one for
 //!   `optimize` ([`natural_gradient_optimize!`]).
 //!
-//! The modules are described, with a picture, in `docs/architecture.md`.
+//! The modules, from the model to the step: `capture` (the capture, one rule per layer kind,
+//! the drop-in layers, the per-example loop), `factors` (the factor format and its products),
+//! `fisher` (which rows and labels: the captured classification step), `curvature` (the full
+//! Fisher's solvers and KFAC), `linalg` (host linear algebra) and `optim` (the optimizer and
+//! its place in Burn); `docs/architecture.md` has the picture.
 
-mod applied;
 mod capture;
-mod cholesky;
-mod classification;
-mod config;
-mod damping;
+mod curvature;
 mod error;
 mod factors;
 mod fisher;
-mod glue;
-mod kfac;
-mod low_rank;
-pub mod nn;
-mod nystrom;
-mod optimizer;
-mod per_example;
-mod per_tensor;
-mod precondition;
-mod rules;
-mod solver;
-#[cfg(test)]
-mod test_devices;
+mod linalg;
+mod optim;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
-mod uncovered;
-mod validate;
+
+pub use capture::nn;
 
 // Burn's `#[derive(RecordState)]` names these at the crate root (`crate::StateSink`, …).
 pub(crate) use burn::optim::{join_path, RecordState, StateSink, StateSource};
 
+pub use capture::per_example::per_example_classification;
 pub use capture::{Capture, CapturedFactors};
-pub use classification::NaturalGradientOutput;
-pub use config::{AdaptiveDampingConfig, CurvatureKind, NaturalGradientConfig};
-pub use damping::DampingAdaptation;
+pub use curvature::full::{CgConfig, FullConfig, Solver};
+pub use curvature::kfac::{KfacConfig, KfacInverse, KfacState, NaturalGradientState};
 pub use error::NatGradError;
+pub use fisher::classification::NaturalGradientOutput;
 pub use fisher::FisherKind;
+pub use optim::config::{AdaptiveDampingConfig, Curvature, NaturalGradientConfig};
+pub use optim::damping::DampingAdaptation;
 #[doc(hidden)]
-pub use glue::__private;
-pub use glue::{classification_step, NaturalGradientField};
-pub use kfac::{KfacState, NaturalGradientState};
-pub use optimizer::{NaturalGradient, StepStats};
-pub use per_example::per_example_classification;
-pub use precondition::Preconditioned;
-pub use solver::SolverKind;
-pub use uncovered::UncoveredPolicy;
+pub use optim::glue::__private;
+pub use optim::glue::{classification_step, NaturalGradientField};
+pub use optim::optimizer::{NaturalGradient, StepStats};
+pub use optim::precondition::Preconditioned;
+pub use optim::uncovered::UncoveredPolicy;

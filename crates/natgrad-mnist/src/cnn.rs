@@ -1,16 +1,16 @@
 //! Burn's guide model (`examples/guide` in the Burn repository: two Conv2d, Dropout, two
-//! Linear), switched to the natural gradient by changing the layer types and the `TrainStep`
-//! body, one line each for `step` and `optimize`, with an optional BatchNorm after the first convolution. The forward pass
-//! is the guide's own, and the record is Burn's. README shows the part between the markers.
+//! Linear), switched to the natural gradient by its `use` lines and the `TrainStep` body, one
+//! line each for `step` and `optimize`, with an optional BatchNorm after the first
+//! convolution. The initialisation and the forward pass are the guide's own, and the record is
+//! Burn's. README shows the part between the markers.
 
 // README:begin
 use burn::module::Module;
-use burn::nn::conv::Conv2dConfig;
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
-use burn::nn::{BatchNormConfig, Dropout, DropoutConfig, LinearConfig, Relu};
+use burn::nn::{Dropout, DropoutConfig, Relu}; // Conv2d, Linear, BatchNorm: burn-natgrad's
 use burn::tensor::{Device, Tensor};
 use burn::train::{ClassificationOutput, TrainOutput, TrainStep};
-use burn_natgrad::nn::{BatchNorm, Conv2d, Linear}; // instead of burn::nn's
+use burn_natgrad::nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, LinearConfig};
 
 use crate::data::{MnistBatch, SIDE};
 
@@ -27,19 +27,31 @@ pub struct GuideCnn {
     activation: Relu,
 }
 
+impl TrainStep for GuideCnn {
+    type Input = MnistBatch;
+    type Output = ClassificationOutput;
+
+    fn step(&self, batch: MnistBatch) -> TrainOutput<ClassificationOutput> {
+        burn_natgrad::classification_step(self, batch.images, batch.targets, |x| self.forward(x))
+    }
+
+    burn_natgrad::natural_gradient_optimize!();
+}
+// README:end
+
 impl GuideCnn {
     /// Burn's default initialisation, seeded on `device`; the guide's hidden width is 512 and
     /// its dropout 0.5; `batch_norm` adds the BatchNorm after the first convolution.
     pub fn new(hidden: usize, dropout: f64, batch_norm: bool, seed: u64, device: &Device) -> Self {
         device.seed(seed);
         Self {
-            conv1: Conv2dConfig::new([1, 8], [3, 3]).init(device).into(),
-            bn: batch_norm.then(|| BatchNormConfig::new(8).init(device).into()),
-            conv2: Conv2dConfig::new([8, 16], [3, 3]).init(device).into(),
+            conv1: Conv2dConfig::new([1, 8], [3, 3]).init(device),
+            bn: batch_norm.then(|| BatchNormConfig::new(8).init(device)),
+            conv2: Conv2dConfig::new([8, 16], [3, 3]).init(device),
             pool: AdaptiveAvgPool2dConfig::new([8, 8]).init(),
             dropout: DropoutConfig::new(dropout).init(),
-            linear1: LinearConfig::new(16 * 8 * 8, hidden).init(device).into(),
-            linear2: LinearConfig::new(hidden, 10).init(device).into(),
+            linear1: LinearConfig::new(16 * 8 * 8, hidden).init(device),
+            linear2: LinearConfig::new(hidden, 10).init(device),
             activation: Relu::new(),
         }
     }
@@ -64,18 +76,6 @@ impl GuideCnn {
         self.linear2.forward(x)
     }
 }
-
-impl TrainStep for GuideCnn {
-    type Input = MnistBatch;
-    type Output = ClassificationOutput;
-
-    fn step(&self, batch: MnistBatch) -> TrainOutput<ClassificationOutput> {
-        burn_natgrad::classification_step(self, batch.images, batch.targets, |x| self.forward(x))
-    }
-
-    burn_natgrad::natural_gradient_optimize!();
-}
-// README:end
 
 impl burn::train::InferenceStep for GuideCnn {
     type Input = MnistBatch;

@@ -11,7 +11,7 @@ use burn::optim::{AdamConfig, ModuleOptimizer, SgdConfig};
 use burn::tensor::Device;
 use burn::train::metric::{AccuracyMetric, LossMetric};
 use burn::train::{Learner, SupervisedTraining};
-use burn_natgrad::{CurvatureKind, FisherKind, NaturalGradientConfig};
+use burn_natgrad::{Curvature, FisherKind, KfacInverse, NaturalGradientConfig, Solver};
 
 use crate::data::{MnistBatch, MnistBatcher, MnistData};
 use crate::model::{Mlp, Recorder};
@@ -46,7 +46,7 @@ impl OptimizerSpec {
     pub fn name(&self) -> &'static str {
         match self {
             OptimizerSpec::Ngd { config, .. } => {
-                let kfac = matches!(config.curvature, CurvatureKind::Kfac { .. });
+                let kfac = config.curvature.as_kfac().is_some();
                 match (kfac, config.fisher) {
                     (false, FisherKind::Empirical) => "ngd-empirical",
                     (false, FisherKind::Sampled { .. }) => "ngd-sampled",
@@ -77,30 +77,34 @@ impl OptimizerSpec {
                 "lr {lr}, damping {}, kl_max {}, {}, momentum {}{}{}",
                 config.damping,
                 config.kl_max.map_or("none".into(), |k| k.to_string()),
-                match config.curvature {
-                    CurvatureKind::Full => format!("solver {:?}", config.solver),
-                    CurvatureKind::Kfac {
-                        decay,
-                        inverse_period,
-                    } => format!(
-                        "KFAC decay {decay} inverses every {inverse_period}{}{}{}",
-                        if config.kfac_factor_period == 1 {
+                match &config.curvature {
+                    Curvature::Full(full) => format!(
+                        "solver {}{}",
+                        match full.solver {
+                            Solver::Gram => "Gram",
+                            Solver::CgSample(_) => "CG (sample space)",
+                            Solver::CgParam(_) => "CG (parameter space)",
+                        },
+                        if full.block_diagonal {
+                            ", block-diagonal"
+                        } else {
+                            ""
+                        }
+                    ),
+                    Curvature::Kfac(k) => format!(
+                        "KFAC decay {} factors every {} inverses every {} steps{}{}",
+                        k.factor_decay,
+                        k.factor_update_steps,
+                        k.inv_update_steps,
+                        if k.block_limit == 2048 {
                             String::new()
                         } else {
-                            format!(
-                                " factor updates, factors every {} steps",
-                                config.kfac_factor_period
-                            )
+                            format!(" block limit {}", k.block_limit)
                         },
-                        if config.kfac_block_limit == 2048 {
-                            String::new()
-                        } else {
-                            format!(" block limit {}", config.kfac_block_limit)
-                        },
-                        config.kfac_rank.map_or(String::new(), |r| format!(
-                            " rank {r}{}",
-                            if config.kfac_sketch { " sketched" } else { "" }
-                        ))
+                        match k.inverse {
+                            KfacInverse::Dense => String::new(),
+                            KfacInverse::LowRank { rank } => format!(" rank {rank}"),
+                        }
                     ),
                 },
                 config
@@ -175,7 +179,7 @@ pub struct RunResult {
     pub median_step_ms: f64,
     /// Steps the natural gradient skipped (non-finite direction).
     pub skipped_steps: u64,
-    /// KFAC steps that reused the factors in force (`kfac_factor_period` above 1).
+    /// KFAC steps that reused the factors in force (`factor_update_steps` above 1).
     pub reused_steps: u64,
     /// The natural gradient's damping at the end (moved by adaptive damping), if any.
     pub final_damping: Option<f64>,

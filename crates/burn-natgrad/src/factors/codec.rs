@@ -30,7 +30,7 @@ pub(crate) fn gradient_weight_id() -> ParamId {
 }
 
 /// Where a step that reuses KFAC's factors (no capture, see
-/// [`kfac_factor_period`](crate::NaturalGradientConfig::kfac_factor_period)) marks its plain
+/// [`factor_update_steps`](crate::KfacConfig::factor_update_steps)) marks its plain
 /// gradients, so that they are preconditioned with the factors in force instead of being
 /// refused as uncaptured.
 pub(crate) fn reuse_marker_id() -> ParamId {

@@ -60,6 +60,7 @@ impl Block {
     /// `U (U_dᵀ 1)` (`[M, 1]`): the Fisher rows' projection of the implicit gradient with unit
     /// weight, together with the Gram `U Uᵀ` (`[M, M]`); for a weight whose data rows share the
     /// input, `X Xᵀ` serves both.
+    #[cfg(any(test, feature = "testing"))]
     pub fn gram_and_implicit_projection(&self) -> (Tensor<2>, Tensor<2>) {
         self.gram_and_projection(false)
     }

@@ -24,7 +24,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
 use crate::error::NatGradError;
-use crate::uncovered::UncoveredPolicy;
+use crate::optim::uncovered::UncoveredPolicy;
 
 /// A parameter with a gradient but no factors, moved by the damped gradient `g / λ` under
 /// [`UncoveredPolicy::DampedGradient`]: its Fisher block is taken as zero.
@@ -60,6 +60,7 @@ pub struct Factors {
 impl Factors {
     /// Collects, for every parameter of `module`, its gradient and captured factors, refusing
     /// parameters without factors (see [`collect`](Self::collect)).
+    #[cfg(any(test, feature = "testing"))]
     pub fn from_grads<M: Module>(
         module: &M,
         grads: &GradientsParams,
@@ -161,11 +162,13 @@ impl Factors {
     }
 
     /// Number of rows `M` shared by all blocks.
+    #[cfg(any(test, feature = "testing"))]
     pub fn rows(&self) -> usize {
         self.blocks[0].factors.rows()
     }
 
     /// Total number of parameters covered.
+    #[cfg(any(test, feature = "testing"))]
     pub fn num_params(&self) -> usize {
         self.blocks
             .iter()
@@ -341,7 +344,7 @@ impl ModuleVisitor for Collector<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_devices::cpu_devices;
+    use crate::testing::devices::cpu_devices;
     use burn::tensor::Distribution;
 
     fn max_diff(a: Tensor<2>, b: Tensor<2>) -> f32 {

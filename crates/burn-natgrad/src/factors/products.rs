@@ -78,11 +78,13 @@ pub fn fisher_vector_product(blocks: &[&Block], v: &[Tensor<2>]) -> Vec<Tensor<2
 
 /// The explicit `[M, P]` matrix of per-example gradients (scaled so that `F = UᵀU`), blocks
 /// concatenated in order, each flattened in its matrix view. Test oracle: `O(M·P)` memory.
+#[cfg(any(test, feature = "testing"))]
 pub fn dense_rows(blocks: &[&Block]) -> Tensor<2> {
     Tensor::cat(blocks.iter().map(|b| b.factors.dense_rows()).collect(), 1)
 }
 
 /// The explicit `[P, P]` Fisher `UᵀU`. Test oracle: `O(P²)` memory.
+#[cfg(any(test, feature = "testing"))]
 pub fn dense_fisher(blocks: &[&Block]) -> Tensor<2> {
     let u = dense_rows(blocks);
     u.clone().transpose().matmul(u)

@@ -10,7 +10,9 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::AdamConfig;
 use burn::tensor::Tensor;
 use burn_natgrad::testing::{Block, Factors};
-use burn_natgrad::{AdaptiveDampingConfig, CurvatureKind, NaturalGradientConfig};
+use burn_natgrad::{
+    AdaptiveDampingConfig, Curvature, FullConfig, KfacConfig, NaturalGradientConfig,
+};
 
 use crate::common::*;
 
@@ -103,7 +105,7 @@ fn every_learning_rate_of_a_step_is_checked() {
 fn groups_of_another_optimizer_are_refused() {
     for (name, device) in backends() {
         let model = Mlp::new(&[4, 5, 3], true, 1, &device);
-        for curvature in [CurvatureKind::Full, CurvatureKind::kfac()] {
+        for curvature in [Curvature::Full(FullConfig::new()), Curvature::kfac()] {
             for layer in ["layers.0", "layers.1"] {
                 let ng = NaturalGradientConfig::new()
                     .with_curvature(curvature)
@@ -282,17 +284,16 @@ fn embedding_ids_beyond_f32_are_refused() {
 /// The configuration's refusals read as single sentences (no runs of spaces from line breaks).
 #[test]
 fn refusals_have_no_runs_of_spaces() {
+    let kfac = |k: KfacConfig| NaturalGradientConfig::new().with_curvature(Curvature::Kfac(k));
     let configs = [
-        NaturalGradientConfig::new().with_kfac_sketch(true),
-        NaturalGradientConfig::new()
-            .with_curvature(CurvatureKind::kfac())
-            .with_kfac_sketch(true),
-        NaturalGradientConfig::new()
-            .with_curvature(CurvatureKind::kfac())
-            .with_kfac_sketch(true)
-            .with_kfac_rank(Some(4))
-            .with_kl_max(Some(1e-3))
-            .with_kfac_factor_period(5),
+        kfac(
+            KfacConfig::new()
+                .with_inv_update_steps(15)
+                .with_factor_update_steps(10),
+        ),
+        kfac(KfacConfig::new().with_factor_update_steps(5))
+            .with_adaptive_damping(Some(AdaptiveDampingConfig::new())),
+        kfac(KfacConfig::new().with_inverse(burn_natgrad::KfacInverse::LowRank { rank: 0 })),
     ];
     for config in configs {
         let msg = config.try_build().unwrap_err().to_string();

@@ -2,20 +2,18 @@
 //! whole batch and on a curvature batch.
 
 use crate::common::*;
-use burn_natgrad::{FisherKind, NaturalGradientConfig, SolverKind};
+use burn_natgrad::{CgConfig, FisherKind, NaturalGradientConfig, Solver};
 
 fn directions(
     device: &burn::tensor::Device,
-    solver: SolverKind,
+    solver: Solver,
     curvature_batch: Option<usize>,
 ) -> Vec<f64> {
     let model = Mlp::new(&[6, 8, 4], true, 50, device);
     let ng = NaturalGradientConfig::new()
         .with_fisher(FisherKind::Empirical)
-        .with_solver(solver)
+        .with_curvature(full(solver, false))
         .with_damping(0.1)
-        .with_cg_max_iters(100)
-        .with_cg_tolerance(1e-8)
         .with_curvature_batch(curvature_batch)
         .build();
     let (mut cap, x) = ng.capture(tensor(51, [16, 6], 1.0, device));
@@ -31,8 +29,11 @@ fn backends_agree_on_directions() {
         "backends: {:?}",
         all.iter().map(|(n, _)| *n).collect::<Vec<_>>()
     );
-    let solvers = [SolverKind::Gram, SolverKind::CgSample, SolverKind::CgParam];
-    for (solver, curv) in solvers.into_iter().flat_map(|s| [(s, None), (s, Some(5))]) {
+    let cg = CgConfig::new().with_max_iters(100).with_tolerance(1e-8);
+    for (solver, curv) in solvers(cg)
+        .into_iter()
+        .flat_map(|s| [(s, None), (s, Some(5))])
+    {
         let (ref_name, ref_device) = &all[0];
         let reference = directions(ref_device, solver, curv);
         for (name, device) in &all[1..] {

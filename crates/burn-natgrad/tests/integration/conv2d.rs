@@ -10,7 +10,7 @@ use burn::tensor::Tensor;
 use burn_natgrad::testing::{gram, Block, BlockFactors, Factors};
 use burn_natgrad::NaturalGradientOutput;
 use burn_natgrad::{
-    per_example_classification, Capture, CurvatureKind, FisherKind, NaturalGradientConfig,
+    per_example_classification, Capture, Curvature, FisherKind, FullConfig, NaturalGradientConfig,
 };
 
 /// The configurations the rule must cover: `(name, config, input channels, input size)`.
@@ -57,18 +57,20 @@ fn captured(
 /// The Gram solve's configuration, KFAC's (these convolutions are under its default block
 /// limit: rows), and KFAC's with a block limit of 0, under which a one-group convolution keeps
 /// its Kronecker factors (KFC).
-fn curvatures() -> [(CurvatureKind, usize); 3] {
+fn curvatures() -> [(Curvature, usize); 3] {
     [
-        (CurvatureKind::Full, 2048),
-        (CurvatureKind::kfac(), 2048),
-        (CurvatureKind::kfac(), 0),
+        (Curvature::Full(FullConfig::new()), 2048),
+        (Curvature::kfac(), 2048),
+        (Curvature::kfac(), 0),
     ]
 }
 
-fn natural_gradient(curvature: CurvatureKind, limit: usize) -> NaturalGradientConfig {
-    NaturalGradientConfig::new()
-        .with_curvature(curvature)
-        .with_kfac_block_limit(limit)
+fn natural_gradient(curvature: Curvature, limit: usize) -> NaturalGradientConfig {
+    let curvature = match curvature {
+        Curvature::Kfac(k) => Curvature::Kfac(k.with_block_limit(limit)),
+        full => full,
+    };
+    NaturalGradientConfig::new().with_curvature(curvature)
 }
 
 #[test]
@@ -95,7 +97,7 @@ fn conv2d_rule_matches_the_per_example_loop() {
             let expected = if config.bias { 4 } else { 3 };
             assert_eq!(fp.blocks.len(), expected, "{name} {what}");
             assert_eq!(fl.blocks.len(), expected, "{name} {what}");
-            let kronecker = curvature != CurvatureKind::Full && limit == 0 && config.groups == 1;
+            let kronecker = curvature.as_kfac().is_some() && limit == 0 && config.groups == 1;
             assert_eq!(
                 matches!(fp.blocks[0].factors, BlockFactors::Weight { .. }),
                 kronecker,
@@ -134,7 +136,7 @@ fn check_solvers(
     what: &str,
     config: Conv2dConfig,
     hw: [usize; 2],
-    (curvature, limit): (CurvatureKind, usize),
+    (curvature, limit): (Curvature, usize),
     damping: f64,
     device: &burn::tensor::Device,
 ) {

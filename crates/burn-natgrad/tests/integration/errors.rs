@@ -5,8 +5,8 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 use burn_natgrad::testing::{Block, Factors};
 use burn_natgrad::{
-    Capture, CurvatureKind, FisherKind, NatGradError, NaturalGradient, NaturalGradientConfig,
-    SolverKind,
+    Capture, CgConfig, Curvature, FisherKind, KfacConfig, KfacInverse, NatGradError,
+    NaturalGradient, NaturalGradientConfig, Solver,
 };
 
 fn config_error(config: NaturalGradientConfig) -> String {
@@ -32,19 +32,17 @@ fn invalid_configs_are_rejected_before_training() {
         msg.contains("`fisher`") && msg.contains("at least one sample"),
         "{msg}"
     );
-    for solver in [SolverKind::CgSample, SolverKind::CgParam] {
+    let cg = CgConfig::new();
+    for solver in [Solver::CgSample, Solver::CgParam] {
+        let msg = config_error(
+            NaturalGradientConfig::new().with_curvature(full(solver(cg.with_max_iters(0)), false)),
+        );
+        assert!(msg.contains("`curvature.solver.max_iters`"), "{msg}");
         let msg = config_error(
             NaturalGradientConfig::new()
-                .with_solver(solver)
-                .with_cg_max_iters(0),
+                .with_curvature(full(solver(cg.with_tolerance(f64::NAN)), false)),
         );
-        assert!(msg.contains("`cg_max_iters`"), "{msg}");
-        let msg = config_error(
-            NaturalGradientConfig::new()
-                .with_solver(solver)
-                .with_cg_tolerance(f64::NAN),
-        );
-        assert!(msg.contains("`cg_tolerance`"), "{msg}");
+        assert!(msg.contains("`curvature.solver.tolerance`"), "{msg}");
     }
     let msg = config_error(NaturalGradientConfig::new().with_momentum(Some(
         burn::optim::momentum::MomentumConfig::new().with_momentum(f64::NAN),
@@ -60,60 +58,41 @@ fn invalid_configs_are_rejected_before_training() {
         msg.contains("`curvature_batch`") && msg.contains("at least 1"),
         "{msg}"
     );
-    let kfac = |decay, inverse_period| {
-        NaturalGradientConfig::new().with_curvature(CurvatureKind::Kfac {
-            decay,
-            inverse_period,
-        })
-    };
-    let msg = config_error(kfac(0.95, 0));
-    assert!(msg.contains("`curvature.inverse_period`"), "{msg}");
+    let kfac = |k: KfacConfig| NaturalGradientConfig::new().with_curvature(Curvature::Kfac(k));
+    let msg = config_error(kfac(KfacConfig::new().with_inv_update_steps(0)));
+    assert!(msg.contains("`curvature.inv_update_steps`"), "{msg}");
+    let msg = config_error(kfac(KfacConfig::new().with_factor_update_steps(0)));
+    assert!(msg.contains("`curvature.factor_update_steps`"), "{msg}");
+    // Inverses are formed at factor updates: their period is a multiple of the factors'.
+    let msg = config_error(kfac(
+        KfacConfig::new()
+            .with_factor_update_steps(10)
+            .with_inv_update_steps(25),
+    ));
+    assert!(
+        msg.contains("`curvature.inv_update_steps`") && msg.contains("multiple"),
+        "{msg}"
+    );
     for decay in [1.0, -0.1, f64::NAN] {
-        let msg = config_error(kfac(decay, 10));
-        assert!(msg.contains("`curvature.decay`"), "{msg}");
+        let msg = config_error(kfac(KfacConfig::new().with_factor_decay(decay)));
+        assert!(msg.contains("`curvature.factor_decay`"), "{msg}");
     }
-    for solver in [SolverKind::CgSample, SolverKind::CgParam] {
-        let msg = config_error(kfac(0.95, 10).with_solver(solver));
-        assert!(msg.contains("`solver`") && msg.contains("KFAC"), "{msg}");
-    }
-    assert!(kfac(0.0, 1).try_build().is_ok());
-    let msg = config_error(kfac(0.95, 10).with_kfac_rank(Some(0)));
+    assert!(kfac(
+        KfacConfig::new()
+            .with_factor_decay(0.0)
+            .with_inv_update_steps(1)
+    )
+    .try_build()
+    .is_ok());
+    let low_rank = |rank| KfacConfig::new().with_inverse(KfacInverse::LowRank { rank });
+    let msg = config_error(kfac(low_rank(0)));
     assert!(
-        msg.contains("`kfac_rank`") && msg.contains("at least 1"),
+        msg.contains("`curvature.inverse.rank`") && msg.contains("at least 1"),
         "{msg}"
     );
-    let msg = config_error(NaturalGradientConfig::new().with_kfac_rank(Some(16)));
-    assert!(
-        msg.contains("`kfac_rank`") && msg.contains("CurvatureKind::Kfac"),
-        "{msg}"
-    );
-    assert!(kfac(0.95, 10).with_kfac_rank(Some(16)).try_build().is_ok());
-    // A sketch: of KFAC's factors, with a rank, and not with a trust region on reusing steps.
-    for (config, what) in [
-        (
-            NaturalGradientConfig::new()
-                .with_kfac_rank(None)
-                .with_kfac_sketch(true),
-            "CurvatureKind::Kfac",
-        ),
-        (kfac(0.95, 10).with_kfac_sketch(true), "set kfac_rank"),
-        (
-            kfac(0.95, 10)
-                .with_kfac_rank(Some(4))
-                .with_kfac_sketch(true)
-                .with_kl_max(Some(0.01))
-                .with_kfac_factor_period(5),
-            "kl_max and a kfac_factor_period above 1",
-        ),
-    ] {
-        let msg = config_error(config);
-        assert!(msg.contains("`kfac_sketch`") && msg.contains(what), "{msg}");
-    }
-    let sketched = kfac(0.95, 10)
-        .with_kfac_rank(Some(4))
-        .with_kfac_sketch(true);
-    assert!(sketched.clone().with_kl_max(Some(0.01)).try_build().is_ok());
-    assert!(sketched.with_kfac_factor_period(5).try_build().is_ok());
+    assert!(kfac(low_rank(16)).try_build().is_ok());
+    assert!(NaturalGradientConfig::kfac().try_build().is_ok());
+    assert!(NaturalGradientConfig::gram().try_build().is_ok());
     // build() and init() panic with the same message.
     let msg = panic_message(|| {
         NaturalGradientConfig::new().with_damping(0.0).init();
@@ -263,7 +242,10 @@ fn bad_targets_and_shapes_are_reported() {
             )
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("recorded no layer"), "{msg}");
+        assert!(
+            msg.contains("recorded no layer") && msg.contains("burn_natgrad::nn::{Linear, Conv2d"),
+            "{msg}"
+        );
         // Rank-1 input to the capture.
         let msg = panic_message(|| {
             Capture::new().linear(&model.layers[0], Tensor::<1>::ones([4], &device));
@@ -276,10 +258,14 @@ fn bad_targets_and_shapes_are_reported() {
 fn non_finite_direction_skips_the_step() {
     for (name, device) in backends() {
         let model = Mlp::new(&[4, 5, 3], true, 1, &device);
-        let solvers = [SolverKind::Gram, SolverKind::CgSample, SolverKind::CgParam];
         let bad = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
-        for (solver, bad) in solvers.into_iter().flat_map(|s| bad.map(|b| (s, b))) {
-            let ng = NaturalGradientConfig::new().with_solver(solver).build();
+        for (solver, bad) in solvers(CgConfig::new())
+            .into_iter()
+            .flat_map(|s| bad.map(|b| (s, b)))
+        {
+            let ng = NaturalGradientConfig::new()
+                .with_curvature(full(solver, false))
+                .build();
             // One NaN or infinity in the input batch: it reaches the loss, the factors and the
             // direction.
             let mut values = values(1, 24);

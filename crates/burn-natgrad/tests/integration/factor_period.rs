@@ -15,8 +15,8 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
 use burn_natgrad::testing::{BlockFactors, Factors};
 use burn_natgrad::{
-    AdaptiveDampingConfig, CurvatureKind, FisherKind, NaturalGradient, NaturalGradientConfig,
-    UncoveredPolicy,
+    AdaptiveDampingConfig, Curvature, FisherKind, KfacConfig, NaturalGradient,
+    NaturalGradientConfig, UncoveredPolicy,
 };
 
 /// KFAC with factors every `factor_period` steps and inverses at every factor update.
@@ -29,7 +29,7 @@ fn kfac(
     kfac_ranked(fisher, factor_period, limit, kl_max, None)
 }
 
-/// [`kfac`] with the inverses' [`kfac_rank`](NaturalGradientConfig::kfac_rank).
+/// [`kfac`] with low-rank inverses of `rank` eigenpairs (`None`: dense).
 fn kfac_ranked(
     fisher: FisherKind,
     factor_period: usize,
@@ -37,12 +37,14 @@ fn kfac_ranked(
     kl_max: Option<f64>,
     rank: Option<usize>,
 ) -> NaturalGradient {
-    kfac_config(fisher, 1)
-        .with_kfac_rank(rank)
-        .with_kfac_block_limit(limit)
-        .with_kfac_factor_period(factor_period)
-        .with_kl_max(kl_max)
-        .build()
+    map_kfac(kfac_config(fisher, 1), |k| {
+        k.with_inverse(inverse(rank))
+            .with_block_limit(limit)
+            .with_factor_update_steps(factor_period)
+            .with_inv_update_steps(factor_period)
+    })
+    .with_kl_max(kl_max)
+    .build()
 }
 
 /// The tensors `grads` holds for a module's trainable parameters, one host vector each, in
@@ -320,16 +322,13 @@ fn the_factor_schedule_round_trips_through_the_optimizer_record() {
 #[test]
 fn a_bad_factor_period_is_refused() {
     let msg = |config: NaturalGradientConfig| config.try_build().unwrap_err().to_string();
-    let kfac = NaturalGradientConfig::new().with_curvature(CurvatureKind::kfac());
-    let m = msg(kfac.clone().with_kfac_factor_period(0));
+    let kfac = |k: KfacConfig| NaturalGradientConfig::new().with_curvature(Curvature::Kfac(k));
+    let m = msg(kfac(KfacConfig::new().with_factor_update_steps(0)));
     assert!(
-        m.contains("`kfac_factor_period`") && m.contains("at least 1"),
+        m.contains("`curvature.factor_update_steps`") && m.contains("at least 1"),
         "{m}"
     );
-    let m = msg(NaturalGradientConfig::new().with_kfac_factor_period(2));
-    assert!(m.contains("only to CurvatureKind::Kfac"), "{m}");
-    let adaptive = kfac
-        .with_kfac_factor_period(2)
+    let adaptive = kfac(KfacConfig::new().with_factor_update_steps(2))
         .with_adaptive_damping(Some(AdaptiveDampingConfig::new()));
     let m = msg(adaptive);
     assert!(m.contains("adaptive damping"), "{m}");

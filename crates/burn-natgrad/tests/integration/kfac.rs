@@ -10,7 +10,7 @@ use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Device;
 use burn_natgrad::testing::{cholesky_solve, BlockFactors, Factors};
-use burn_natgrad::{CurvatureKind, FisherKind, NaturalGradient, NaturalGradientConfig};
+use burn_natgrad::{Curvature, FisherKind, KfacConfig, NaturalGradient, NaturalGradientConfig};
 
 pub(crate) const DAMPING: f64 = 0.1;
 pub(crate) const DECAY: f64 = 0.7;
@@ -177,20 +177,22 @@ pub(crate) fn conv_net(device: &Device) -> ConvNet {
 
 /// KFAC with the block limit `limit` (0: a convolution gets its Kronecker factors).
 fn kfac_limited(fisher: FisherKind, inverse_period: usize, limit: usize) -> NaturalGradient {
-    kfac_config(fisher, inverse_period)
-        .with_kfac_block_limit(limit)
-        .build()
+    map_kfac(kfac_config(fisher, inverse_period), |k| {
+        k.with_block_limit(limit)
+    })
+    .build()
 }
 
 /// The KFAC configuration of these tests (and `factor_period.rs`'s): decay [`DECAY`], damping
-/// [`DAMPING`].
+/// [`DAMPING`], inverses every `inverse_period` steps.
 pub(crate) fn kfac_config(fisher: FisherKind, inverse_period: usize) -> NaturalGradientConfig {
     NaturalGradientConfig::new()
         .with_fisher(fisher)
-        .with_curvature(CurvatureKind::Kfac {
-            decay: DECAY,
-            inverse_period,
-        })
+        .with_curvature(Curvature::Kfac(
+            KfacConfig::new()
+                .with_factor_decay(DECAY)
+                .with_inv_update_steps(inverse_period),
+        ))
         .with_damping(DAMPING)
 }
 
@@ -258,26 +260,20 @@ fn kfac_matches_a_dense_kronecker_solve() {
     }
 }
 
-/// With [`kfac_rank`](NaturalGradientConfig::kfac_rank) 8, the first layer's `40 × 40` input
-/// factor gets a low-rank-plus-identity inverse; a batch of 8 gives it rank 8, so the low-rank
-/// form is exact and the direction is the dense Kronecker solve's (step 2 reuses step 1's
-/// inverses). The moving average of two batches has rank 16: the inverses then differ from
-/// the dense ones, but by less than the factor's tail. The same holds with the factor kept as
-/// a sketch (`kfac_sketch`, 26 columns), which a factor of rank 8 or 16 fits exactly.
+/// With low-rank inverses of rank 8 ([`KfacInverse::LowRank`](burn_natgrad::KfacInverse)),
+/// the first layer's `40 × 40` input factor gets a low-rank-plus-identity inverse; a batch of 8
+/// gives it rank 8, so the low-rank form is exact and the direction is the dense Kronecker
+/// solve's (step 2 reuses step 1's inverses). The moving average of two batches has rank 16:
+/// the inverses then differ from the dense ones, but by less than the factor's tail.
 #[test]
 fn kfac_with_a_rank_covering_the_factor_matches_the_dense_solve() {
     for (name, device) in backends() {
-        for (fisher, sketch) in [
-            (FisherKind::Empirical, false),
-            (FisherKind::Sampled { samples: 2 }, false),
-            (FisherKind::Empirical, true),
-            (FisherKind::Sampled { samples: 2 }, true),
-        ] {
-            let what = format!("{name} {fisher:?} rank 8 sketch {sketch}");
+        for fisher in [FisherKind::Empirical, FisherKind::Sampled { samples: 2 }] {
+            let what = format!("{name} {fisher:?} rank 8");
             let config = |period| {
-                kfac_config(fisher, period)
-                    .with_kfac_rank(Some(8))
-                    .with_kfac_sketch(sketch)
+                map_kfac(kfac_config(fisher, period), |k| {
+                    k.with_inverse(inverse(Some(8)))
+                })
             };
             let ng = config(3).build();
             let mut optim = ng.module_optimizer();
@@ -334,20 +330,20 @@ fn kfac_inverts_again_when_the_damping_moves() {
 #[test]
 fn kfac_state_round_trips_through_the_optimizer_record() {
     for (name, device) in backends() {
-        for (width, rank, sketch) in [(4, None, false), (40, Some(8), false), (40, Some(8), true)] {
-            let what = format!("{name} rank {rank:?} sketch {sketch}");
-            round_trip(&what, width, rank, sketch, &device);
+        for (width, rank) in [(4, None), (40, Some(8))] {
+            let what = format!("{name} rank {rank:?}");
+            round_trip(&what, width, rank, &device);
         }
     }
 }
 
-/// The record test of one width of the test MLP's input, one `kfac_rank` and `kfac_sketch`.
-fn round_trip(name: &str, width: usize, rank: Option<usize>, sketch: bool, device: &Device) {
+/// The record test of one width of the test MLP's input and one rank of the inverses.
+fn round_trip(name: &str, width: usize, rank: Option<usize>, device: &Device) {
     let kfac = |fisher, period| {
-        kfac_config(fisher, period)
-            .with_kfac_rank(rank)
-            .with_kfac_sketch(sketch)
-            .build()
+        map_kfac(kfac_config(fisher, period), |k| {
+            k.with_inverse(inverse(rank))
+        })
+        .build()
     };
     {
         let device = device.clone();

@@ -121,6 +121,41 @@ fn drop_in_layers_keep_the_record_and_the_forward_pass() {
     }
 }
 
+/// The drop-in configs are Burn's: with the same seed, `init` builds the drop-in layer of the
+/// weights Burn's config builds, and the builders reach Burn's fields.
+#[test]
+fn drop_in_configs_build_burns_layers() {
+    let _rng = rng_lock();
+    for (name, device) in backends() {
+        // Burn initialises a parameter when it is first read: read each one as it is built.
+        device.seed(5);
+        let ours = nn::Conv2dConfig::new([2, 3], [3, 2])
+            .with_stride([2, 1])
+            .with_groups(1)
+            .with_bias(false)
+            .init(&device);
+        let ours_weight = host(ours.weight.val());
+        let linear = nn::LinearConfig::new(6, 4).with_bias(false).init(&device);
+        let linear_weight = host(linear.weight.val());
+        let norm = nn::LayerNormConfig::new(4).with_epsilon(1e-3);
+        device.seed(5);
+        let burns = Conv2dConfig::new([2, 3], [3, 2])
+            .with_stride([2, 1])
+            .with_bias(false)
+            .init(&device);
+        assert_eq!(ours_weight, host(burns.weight.val()), "{name}");
+        let burn_linear = LinearConfig::new(6, 4).with_bias(false).init(&device);
+        assert_eq!(linear_weight, host(burn_linear.weight.val()), "{name}");
+        assert!(ours.bias.is_none() && linear.bias.is_none(), "{name}");
+        assert_eq!(ours.stride, [2, 1], "{name}");
+        assert_eq!(norm.epsilon, 1e-3, "{name}");
+        assert_eq!(norm.init(&device).gamma.dims(), [4], "{name}");
+        assert_eq!(nn::LinearConfig::new(6, 4).d_output, 4);
+        let (cap, _) = Capture::new().scope(|| linear.forward(tensor(1, [3, 6], 1.0, &device)));
+        assert_eq!(cap.len(), 1, "{name}: the drop-in records");
+    }
+}
+
 /// `train_step` on the model's own forward pass gives the same factors as routing each layer
 /// through the capture by hand, every parameter covered (the default policy refuses any other).
 #[test]
@@ -270,6 +305,41 @@ fn the_train_step_glue_finds_its_natural_gradient() {
     }
 }
 
+/// A batch on the plain device, as Burn's data loaders give it, joins the graph at the first
+/// captured layer: the step equals that of the same batch on the autodiff device (the Gram
+/// solve and KFAC's preset, convolutions, BatchNorm and Linear layers).
+#[test]
+fn a_batch_on_the_plain_device_takes_the_same_step() {
+    let _rng = rng_lock();
+    for (name, device) in backends() {
+        for config in [guide_config(), NaturalGradientConfig::kfac()] {
+            let model = Guide::from_burn(burn_guide(0.0, &device));
+            let batch = guide_batch(&device);
+            let plain = Batch {
+                images: batch.images.clone().inner(),
+                targets: batch.targets.clone().inner(),
+            };
+            assert!(!plain.images.is_autodiff(), "{name}");
+            let step = |batch: Batch| {
+                let (ng, mut optim) = config.init();
+                let out = ng.train_step(&model, batch.images, batch.targets, |x| model.forward(x));
+                ng.step(&mut optim, 0.5, model.clone(), out.grads)
+            };
+            let expected = step(batch);
+            let got = step(plain);
+            let err = rel_err(&weights(&got), &weights(&expected));
+            assert!(
+                err <= 1e-6,
+                "{name}: the plain batch's step differs ({err:e})"
+            );
+            assert!(
+                rel_err(&weights(&got), &weights(&model)) > 1e-4,
+                "{name}: nothing moved"
+            );
+        }
+    }
+}
+
 /// The glue refuses, before any weight moves: a batch captured for another natural gradient
 /// than the `ModuleOptimizer`'s; natural-gradient factors handed to Burn's own optimizer; and a
 /// step with no natural gradient alive on the thread. With Burn's optimizer and plain
@@ -331,12 +401,13 @@ fn the_glue_runs_reusing_steps_and_keeps_them_from_burns_optimizer() {
         let model = Guide::from_burn(burn_guide(0.0, &device));
         let (ng, mut optim) = NaturalGradientConfig::new()
             // No moving average, so no warm-up: the second step reuses.
-            .with_curvature(burn_natgrad::CurvatureKind::Kfac {
-                decay: 0.0,
-                inverse_period: 10,
-            })
+            .with_curvature(burn_natgrad::Curvature::Kfac(
+                burn_natgrad::KfacConfig::new()
+                    .with_factor_decay(0.0)
+                    .with_factor_update_steps(2)
+                    .with_inv_update_steps(20),
+            ))
             .with_damping(0.3)
-            .with_kfac_factor_period(2)
             .init();
         let output = model.step(guide_batch(&device));
         let model = model.optimize(&mut optim, 0.1.into(), output.grads);

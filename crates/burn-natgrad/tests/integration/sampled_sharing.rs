@@ -11,7 +11,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor};
 use burn_natgrad::testing::{BlockFactors, Factors};
-use burn_natgrad::{Capture, FisherKind, NaturalGradient, NaturalGradientConfig, SolverKind};
+use burn_natgrad::{Capture, CgConfig, FisherKind, NaturalGradient, NaturalGradientConfig, Solver};
 
 const N: usize = 8;
 const SAMPLES: usize = 2;
@@ -94,7 +94,7 @@ fn check(
     forward: Forward,
     layer0_alone: bool,
     sizes: &[usize],
-    solver: SolverKind,
+    solver: Solver,
     curvature: Option<usize>,
     device: &Device,
     name: &str,
@@ -102,7 +102,7 @@ fn check(
     let model = Mlp::new(sizes, true, 17, device);
     let ng = NaturalGradientConfig::new()
         .with_fisher(FisherKind::Sampled { samples: SAMPLES })
-        .with_solver(solver)
+        .with_curvature(full(solver, false))
         .with_damping(0.1)
         .with_curvature_batch(curvature)
         .build();
@@ -172,7 +172,7 @@ fn check(
 #[test]
 fn shared_first_layer_matches_the_unshared_step() {
     for (name, device) in backends() {
-        for solver in [SolverKind::Gram, SolverKind::CgSample, SolverKind::CgParam] {
+        for solver in solvers(CgConfig::new()) {
             check(mlp, true, &[6, 5, 4, 3], solver, None, &device, name);
         }
     }
@@ -182,14 +182,14 @@ fn shared_first_layer_matches_the_unshared_step() {
 #[test]
 fn shared_first_layer_with_a_curvature_batch_matches_the_unshared_step() {
     for (name, device) in backends() {
-        for solver in [SolverKind::Gram, SolverKind::CgSample, SolverKind::CgParam] {
+        for solver in solvers(CgConfig::new()) {
             check(mlp, true, &[6, 5, 4, 3], solver, Some(3), &device, name);
         }
         check(
             reused,
             false,
             &[5, 5, 3],
-            SolverKind::Gram,
+            Solver::Gram,
             Some(3),
             &device,
             name,
@@ -200,15 +200,7 @@ fn shared_first_layer_with_a_curvature_batch_matches_the_unshared_step() {
 #[test]
 fn reused_layer_with_shared_and_unshared_uses_matches_the_unshared_step() {
     for (name, device) in backends() {
-        check(
-            reused,
-            false,
-            &[5, 5, 3],
-            SolverKind::Gram,
-            None,
-            &device,
-            name,
-        );
+        check(reused, false, &[5, 5, 3], Solver::Gram, None, &device, name);
     }
 }
 

@@ -5,7 +5,7 @@
 use crate::common::*;
 use burn_natgrad::testing::gram_and_implicit_projection;
 use burn_natgrad::testing::{Block, Factors};
-use burn_natgrad::{FisherKind, NaturalGradientConfig, NaturalGradientOutput, SolverKind};
+use burn_natgrad::{CgConfig, FisherKind, NaturalGradientConfig, NaturalGradientOutput};
 
 const DAMPING: f64 = 0.05;
 
@@ -59,14 +59,12 @@ fn check_curvature(fisher: FisherKind, block_diagonal: bool, curvature_batch: Op
             }
         }
         let expected: Vec<f64> = expected.concat();
-        for solver in [SolverKind::Gram, SolverKind::CgSample, SolverKind::CgParam] {
+        let cg = CgConfig::new().with_max_iters(200).with_tolerance(1e-9);
+        for solver in solvers(cg) {
             let ng = NaturalGradientConfig::new()
                 .with_fisher(fisher)
-                .with_solver(solver)
+                .with_curvature(full(solver, block_diagonal))
                 .with_damping(DAMPING)
-                .with_block_diagonal(block_diagonal)
-                .with_cg_max_iters(200)
-                .with_cg_tolerance(1e-9)
                 .build();
             let pre = ng.precondition(&model, 1.0, &out.grads).unwrap();
             let dirs = pre.directions.expect("finite step");

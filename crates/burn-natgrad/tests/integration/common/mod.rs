@@ -5,7 +5,10 @@ use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use burn_natgrad::{Capture, NaturalGradient};
+use burn_natgrad::{
+    Capture, CgConfig, Curvature, FullConfig, KfacConfig, KfacInverse, NaturalGradient,
+    NaturalGradientConfig, Solver,
+};
 
 /// The autodiff devices of every backend compiled in (cargo features `ndarray`, `flex`, `wgpu`).
 /// A wgpu build on a machine without an adapter prints why it is left out, and fails instead
@@ -349,14 +352,12 @@ pub fn assert_solvers_match_dense<M: Module>(
     damping: f64,
     what: &str,
 ) {
-    use burn_natgrad::SolverKind;
-    for solver in [SolverKind::Gram, SolverKind::CgSample, SolverKind::CgParam] {
+    let cg = CgConfig::new().with_max_iters(300).with_tolerance(1e-9);
+    for solver in solvers(cg) {
         let ng = burn_natgrad::NaturalGradientConfig::new()
             .with_fisher(fisher)
-            .with_solver(solver)
+            .with_curvature(full(solver, false))
             .with_damping(damping)
-            .with_cg_max_iters(300)
-            .with_cg_tolerance(1e-9)
             .build();
         let pre = ng.precondition(model, 1.0, grads).unwrap();
         let mut got = Vec::new();
@@ -378,4 +379,37 @@ pub fn fisher_of(f: &burn_natgrad::testing::Factors, paths: &[&str]) -> Vec<f64>
         .collect();
     let u = burn_natgrad::testing::dense_rows(&blocks);
     host(u.clone().transpose().matmul(u))
+}
+
+/// The three solvers of the full Fisher, conjugate gradient with `cg`'s stopping rules.
+pub fn solvers(cg: CgConfig) -> [Solver; 3] {
+    [Solver::Gram, Solver::CgSample(cg), Solver::CgParam(cg)]
+}
+
+/// The full Fisher solved by `solver`, coupled or block-diagonal.
+pub fn full(solver: Solver, block_diagonal: bool) -> Curvature {
+    Curvature::Full(
+        FullConfig::new()
+            .with_solver(solver)
+            .with_block_diagonal(block_diagonal),
+    )
+}
+
+/// `config` (a KFAC configuration) with its KFAC settings changed by `f`.
+pub fn map_kfac(
+    config: NaturalGradientConfig,
+    f: impl FnOnce(KfacConfig) -> KfacConfig,
+) -> NaturalGradientConfig {
+    let Curvature::Kfac(k) = config.curvature else {
+        panic!("map_kfac needs a KFAC configuration")
+    };
+    config.with_curvature(Curvature::Kfac(f(k)))
+}
+
+/// Low-rank inverses of `rank` eigenpairs; `None`: dense.
+pub fn inverse(rank: Option<usize>) -> KfacInverse {
+    match rank {
+        Some(rank) => KfacInverse::LowRank { rank },
+        None => KfacInverse::Dense,
+    }
 }
