@@ -6,7 +6,8 @@
 //! Kinds: `seeds` (test accuracy per optimizer over seeds, mean and range per epoch, from the
 //! examples' `seeds.csv`), `reach` (training seconds until each optimizer first reaches Adam's
 //! final accuracy of the same seed, from the examples' evaluations with a `seed` column) and
-//! `cost` (the benchmark's mean step and peak memory, `examples/bench.rs`'s CSV).
+//! `cost` (the benchmark's mean step and peak memory, `examples/bench.rs`'s CSV; `column=value`
+//! arguments keep the rows with that value).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -201,8 +202,19 @@ fn reach(root: &Path, files: &[&str]) -> String {
     out
 }
 
-fn cost(root: &Path, files: &[&str]) -> String {
-    let rows: Vec<_> = files.iter().flat_map(|f| read_csv(&root.join(f))).collect();
+/// The benchmark's rows; an argument `column=value` keeps only the rows with that value.
+fn cost(root: &Path, args: &[&str]) -> String {
+    let (filters, files): (Vec<&str>, Vec<&str>) = args.iter().partition(|a| a.contains('='));
+    let rows: Vec<_> = files
+        .iter()
+        .flat_map(|f| read_csv(&root.join(f)))
+        .filter(|r| {
+            filters.iter().all(|f| {
+                let (column, value) = f.split_once('=').expect("column=value");
+                r.get(column).is_some_and(|v| v == value)
+            })
+        })
+        .collect();
     let mut out = String::from(
         "| backend | batch | method | mean step (ms) | mean step / SGD's | peak memory (MB) |\n\
          |---|---|---|---|---|---|\n",
