@@ -186,7 +186,8 @@ impl CurvatureArgs {
         }
     }
 
-    /// Checks its values; `solver` is the full Fisher's solver asked for (Gram by default).
+    /// Checks its values; `solver_given`: whether `--solver` was given (it applies to the full
+    /// Fisher only).
     pub fn check(&self, checks: &mut Checks, solver_given: bool) {
         checks
             .at_least_one("kfac-inverse-period", self.kfac_inverse_period)

@@ -135,7 +135,7 @@ impl NaturalGradient {
         if !self.factors_due() {
             return (
                 Capture::reusing(RowsPolicy::new(
-                    self.config.kfac_config().and_then(|k| k.rank()),
+                    self.config.curvature.as_kfac().and_then(|k| k.rank()),
                 )),
                 input,
             );
@@ -290,7 +290,7 @@ impl NaturalGradient {
         };
         let gradients = objective.backward();
         // KFAC keeps a large convolution's Kronecker factors (KFC); the Gram solve its rows.
-        let kronecker = self.config.kfac_config().map(|k| k.block_limit);
+        let kronecker = self.config.curvature.as_kfac().map(|k| k.block_limit);
         let layers = capture.into_factors_for(&gradients, kronecker)?;
         let mut grads = GradientsParams::from_grads(gradients, model);
 

@@ -44,6 +44,14 @@ impl Curvature {
             Curvature::Full(_) => None,
         }
     }
+
+    /// The full Fisher's settings, if this is the full Fisher.
+    pub fn as_full(&self) -> Option<&FullConfig> {
+        match self {
+            Curvature::Full(f) => Some(f),
+            Curvature::Kfac(_) => None,
+        }
+    }
 }
 
 /// Levenberg–Marquardt adaptation of the damping (Martens & Grosse, "Optimizing Neural Networks
@@ -153,22 +161,11 @@ impl NaturalGradientConfig {
             .with_curvature(Curvature::full(Solver::Gram))
     }
 
-    /// KFAC's settings, if the curvature is KFAC.
-    pub(crate) fn kfac_config(&self) -> Option<&KfacConfig> {
-        self.curvature.as_kfac()
-    }
-
-    /// The full curvature's settings, if the curvature is the full Fisher.
-    pub(crate) fn full_config(&self) -> Option<&FullConfig> {
-        match &self.curvature {
-            Curvature::Full(f) => Some(f),
-            Curvature::Kfac(_) => None,
-        }
-    }
-
     /// Steps between KFAC's factor updates (1 without KFAC).
     pub(crate) fn factor_period(&self) -> usize {
-        self.kfac_config().map_or(1, |k| k.factor_update_steps)
+        self.curvature
+            .as_kfac()
+            .map_or(1, |k| k.factor_update_steps)
     }
 
     /// Builds the optimizer, or says which value is invalid.

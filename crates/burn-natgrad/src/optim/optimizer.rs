@@ -238,7 +238,7 @@ impl NaturalGradient {
     }
 
     fn resume_once<M: Module>(&self, optim: &ModuleOptimizer, module: &M) {
-        let kfac = self.config.kfac_config().is_some();
+        let kfac = self.config.curvature.as_kfac().is_some();
         let stateful =
             kfac || self.config.adaptive_damping.is_some() || self.config.momentum.is_some();
         if stateful && !self.lock().resumed {

@@ -168,7 +168,7 @@ impl NaturalGradient {
                 d: u.grad.clone().mul_scalar(uncovered_scale),
             }))
             .collect();
-        let groups: Vec<Vec<usize>> = if c.full_config().is_some_and(|f| f.block_diagonal) {
+        let groups: Vec<Vec<usize>> = if c.curvature.as_full().is_some_and(|f| f.block_diagonal) {
             factors.by_group()
         } else {
             vec![(0..covered).collect()]

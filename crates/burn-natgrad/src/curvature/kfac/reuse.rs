@@ -67,7 +67,7 @@ impl NaturalGradient {
     /// captures; [`precondition`](Self::precondition) then reuses the recorded factors where the
     /// recorded schedule says so, and the schedule continues as in a run that never stopped.
     pub fn factors_due(&self) -> bool {
-        let Some(k) = self.config.kfac_config() else {
+        let Some(k) = self.config.curvature.as_kfac() else {
             return true;
         };
         let (period, decay) = (k.factor_update_steps as u64, k.factor_decay);
@@ -136,7 +136,7 @@ impl NaturalGradient {
         grads: &GradientsParams,
     ) -> Result<Preconditioned, NatGradError> {
         let c = &self.config;
-        let Some(kfac) = c.kfac_config() else {
+        let Some(kfac) = c.curvature.as_kfac() else {
             return Err(NatGradError::InvalidInput(
                 "these gradients come from a step that reuses KFAC's factors, but this optimizer \
                  does not use KFAC: precondition them with the NaturalGradient whose `capture` or \
